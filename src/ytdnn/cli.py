@@ -1,0 +1,283 @@
+"""The ``ytdnn`` command line: a thin Typer layer over the package.
+
+Every error a user can cause (bad data, bad config, missing files) is printed as one clear line
+and exits with status 2; no stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="ytdnn: the YouTube deep recommender (candidate generation, WLR ranking, serving).")
+data_app = typer.Typer(no_args_is_help=True, help="Get, check and convert data.")
+train_app = typer.Typer(no_args_is_help=True, help="Train the ranker or the retrieval model.")
+index_app = typer.Typer(no_args_is_help=True, help="Build retrieval indexes.")
+experiment_app = typer.Typer(no_args_is_help=True, help="Studies that answer users' questions with experiments.")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(index_app, name="index")
+app.add_typer(experiment_app, name="experiment")
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the job's config.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.epochs=3")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory (default: $YTDNN_DATA_DIR, "
+                                                                         "then ../shared/data).")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="'kuairand-pure' or a dataset folder.")]
+
+
+def user_errors(func: F) -> F:
+    """Turn the errors a user can cause into one red line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ytdnn.config import ConfigError
+        from ytdnn.data.errors import DataError
+
+        try:
+            return func(*args, **kwargs)
+        except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _overrides(pairs: dict[str, Any], extra: list[str] | None) -> list[str]:
+    import json
+
+    out = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+           for key, value in pairs.items() if value is not None]
+    return out + list(extra or [])
+
+
+# ----------------------------------------------------------------------------------------- data
+
+@data_app.command("download")
+@user_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. kuairand-pure.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where to put it.")] = Path("data"),
+    url: Annotated[Optional[str], typer.Option(help="Override the download address (mirrors).")] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if present and verified.")] = False,
+) -> None:
+    """Download a public dataset, verify it and unpack it atomically."""
+    from ytdnn.data.download import download_dataset
+
+    path = download_dataset(name, data_dir, url=url, force=force)
+    console.print(f"[green]ready:[/] {path}")
+
+
+@data_app.command("info")
+@user_errors
+def data_info(dataset: DatasetOpt = "kuairand-pure", data_dir: DataDirOpt = None,
+              on_bad_rows: Annotated[str, typer.Option(help="error | skip")] = "error") -> None:
+    """Read a dataset, validate every row, and print a summary."""
+    import json
+
+    from ytdnn.data.sources import load_dataset
+
+    data = load_dataset(dataset or "kuairand-pure", data_dir, on_bad_rows=on_bad_rows)  # type: ignore[arg-type]
+    summary = data.summary() | {"bad_rows": data.provenance.get("bad_rows")}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+# ---------------------------------------------------------------------------------------- train
+
+@train_app.command("ranker")
+@user_errors
+def train_ranker_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    config: ConfigOpt = None,
+    objective: Annotated[Optional[str], typer.Option(help="wlr | wlr-resample | wlr-exact | wlr-corrected | "
+                                                          "poisson | mse | log-mse | click-only")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    on_bad_rows: Annotated[Optional[str], typer.Option(help="error | skip")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the ranking network (weighted logistic regression by default)."""
+    from ytdnn.training.ranker import RankerConfig, train_ranker
+
+    cfg = RankerConfig.load(config, _overrides({
+        "objective.name": objective, "train.epochs": epochs, "seed": seed, "data.dataset": dataset,
+        "data.data_dir": str(data_dir) if data_dir else None, "data.on_bad_rows": on_bad_rows}, set_))
+    train_ranker(cfg, out)
+    console.print(f"[green]ranker trained:[/] {out}")
+
+
+@train_app.command("retrieval")
+@user_errors
+def train_retrieval_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    config: ConfigOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the candidate-generation model (softmax over the corpus)."""
+    from ytdnn.training.retrieval import RetrievalConfig, train_retrieval
+
+    cfg = RetrievalConfig.load(config, _overrides({
+        "train.epochs": epochs, "seed": seed, "data.dataset": dataset,
+        "data.data_dir": str(data_dir) if data_dir else None}, set_))
+    train_retrieval(cfg, out)
+    console.print(f"[green]retrieval model trained:[/] {out}")
+
+
+# ------------------------------------------------------------------------------ evaluate/predict
+
+def _run_kind(run_dir: Path) -> str:
+    from ytdnn.utils.io import read_json
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
+    return str(read_json(path).get("job", ""))
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `ytdnn train`.")]) -> None:
+    """Evaluate a run on the test days (with its baselines) and write metrics + report."""
+    kind = _run_kind(run_dir)
+    if kind == "RetrievalConfig":
+        from ytdnn.evaluation.retrieval_eval import evaluate_retrieval, format_retrieval_table
+
+        metrics = evaluate_retrieval(run_dir)
+        typer.echo(format_retrieval_table(metrics))
+    else:
+        from ytdnn.evaluation.ranker_eval import evaluate_ranker_run, format_ranker_table
+
+        metrics = evaluate_ranker_run(run_dir)
+        typer.echo(format_ranker_table(metrics))
+
+
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A ranker run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    split: Annotated[str, typer.Option(help="test | train | all")] = "test",
+) -> None:
+    """Score impressions: one row per impression, in the log's order."""
+    from ytdnn.evaluation.ranker_eval import predict_split
+
+    frame = predict_split(run_dir, split=split, out=out)
+    console.print(f"[green]wrote[/] {out} ({frame.height} rows)")
+
+
+# ------------------------------------------------------------------------- simulate/experiments
+
+@app.command("simulate")
+@user_errors
+def simulate_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write (ytdnn layout).")],
+    config: ConfigOpt = None,
+    click_rate: Annotated[Optional[float], typer.Option(help="Target average click rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a synthetic impression log with known ground truth (E[T|x], p(x))."""
+    from ytdnn.data.schema import write_dataset
+    from ytdnn.data.simulator import SimulatorConfig, simulate
+
+    cfg = SimulatorConfig.load(config, _overrides({"target_click_rate": click_rate, "seed": seed}, set_)) \
+        if hasattr(SimulatorConfig, "load") else SimulatorConfig()
+    data = simulate(cfg)
+    write_dataset(data, out)
+    console.print(f"[green]wrote[/] {out}: {data.summary()}")
+
+
+@experiment_app.command("wlr-methods")
+@user_errors
+def experiment_wlr_methods(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the report and plots.")] = Path("reports"),
+    quick: Annotated[bool, typer.Option(help="A small version that finishes in minutes.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Every WLR training method at every click rate (simulator) and on KuaiRand, over seeds."""
+    from ytdnn.experiments.wlr_methods import WlrMethodsConfig, run_wlr_methods
+
+    cfg = WlrMethodsConfig.load(config, _overrides({"quick": quick}, set_))
+    run_wlr_methods(cfg, out)
+
+
+# ------------------------------------------------------------------------------- index/serving
+
+@index_app.command("build")
+@user_errors
+def index_build(
+    run_dir: Annotated[Path, typer.Argument(help="A retrieval run folder.")],
+    kind: Annotated[str, typer.Option(help="exact | hnsw | ivf")] = "hnsw",
+) -> None:
+    """Build a nearest-neighbour index over the run's item vectors, inside the run folder."""
+    from ytdnn.training.retrieval import build_index
+
+    path = build_index(run_dir, kind)
+    console.print(f"[green]index written:[/] {path}")
+
+
+@app.command("bundle")
+@user_errors
+def bundle_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="The ranker and retrieval run folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
+) -> None:
+    """Package both stages for serving (ONNX ranker, index, tables, manifest with SHA-256)."""
+    from ytdnn.serving.bundle import build_bundle
+
+    path = build_bundle(run_dirs, out)
+    console.print(f"[green]bundle written:[/] {path}")
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (or a folder with a `current` pointer).")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve recommendations over HTTP (FastAPI on uvicorn)."""
+    from ytdnn.serving.app import serve
+
+    serve(bundle_dir, host=host, port=port, config_path=config)
+
+
+# -------------------------------------------------------------------------------------- main job
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for all the main job's runs.")] = Path("runs/main"),
+    data_dir: DataDirOpt = None,
+    serve: Annotated[bool, typer.Option(help="Start the service at the end.")] = True,
+) -> None:
+    """The main job: train and evaluate the system on KuaiRand-Pure, then serve it."""
+    from ytdnn.pipeline import run_main_job
+
+    run_main_job(out, data_dir=data_dir, serve=serve)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

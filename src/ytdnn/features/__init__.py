@@ -1,0 +1,1 @@
+"""Features: vocabularies, quantile normalisers, leak-free history features, feature pipelines."""
