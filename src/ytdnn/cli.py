@@ -196,8 +196,7 @@ def simulate_cmd(
     from ytdnn.data.schema import write_dataset
     from ytdnn.data.simulator import SimulatorConfig, simulate
 
-    cfg = SimulatorConfig.load(config, _overrides({"target_click_rate": click_rate, "seed": seed}, set_)) \
-        if hasattr(SimulatorConfig, "load") else SimulatorConfig()
+    cfg = SimulatorConfig.load(config, _overrides({"target_click_rate": click_rate, "seed": seed}, set_))
     data = simulate(cfg)
     write_dataset(data, out)
     console.print(f"[green]wrote[/] {out}: {data.summary()}")

@@ -48,7 +48,9 @@ VIDEO_CORE_SCHEMA: dict[str, pl.DataType] = {
 def date_from_time_ms(time_ms: pl.Expr, tz: str = "UTC") -> pl.Expr:
     """YYYYMMDD (Int32) of an epoch-ms column in time zone ``tz``."""
     dt = pl.from_epoch(time_ms, time_unit="ms").dt.replace_time_zone("UTC").dt.convert_time_zone(tz)
-    return (dt.dt.year() * 10000 + dt.dt.month() * 100 + dt.dt.day()).cast(pl.Int32)
+    # Polars returns month/day as 8-bit integers: widen before multiplying.
+    return (dt.dt.year().cast(pl.Int32) * 10000 + dt.dt.month().cast(pl.Int32) * 100
+            + dt.dt.day().cast(pl.Int32))
 
 
 def conform_impressions(frame: pl.DataFrame, *, source: str = "impressions") -> pl.DataFrame:

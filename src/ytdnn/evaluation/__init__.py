@@ -1,0 +1,1 @@
+"""Evaluation: metrics (docs/metrics.md), ranker and retrieval evaluation, baselines, reports."""
