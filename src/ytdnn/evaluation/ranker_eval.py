@@ -1,0 +1,264 @@
+r"""Evaluate a ranker run on the test days, with its baselines, and write the report.
+
+Everything here is scored the same way, on the test impressions (date >= test_start), with the
+definitions of ``docs/metrics.md``:
+
+- the ranker (served score: the objective's ``expected_watch_s``, e^(Wx+b) for plain WLR);
+- ``click``: the unweighted click model with the same network (trained by the same job), ranked
+  by p̂ and served as p̂ · mean(T | click);
+- ``popularity``: each video's mean watch time per impression in train (unseen videos get the
+  global mean).
+
+**Why e^(Wx+b) over-predicts here.** For weights T (clicked) and 1 (unclicked) the optimum odds
+are E[T|x] / (1 − p(x)), E[T|x] counting unclicked impressions as 0. The report prints beside
+the measured mean ratio the factor this predicts from the test data itself, per video:
+
+.. math:: \text{expected ratio} = \frac{\sum_v n_v \bar T_v / (1 - \hat p_v)}{\sum_v n_v \bar T_v}
+
+with n_v, T̄_v, p̂_v the video's test impressions, mean T and (smoothed) click rate — larger than
+the global 1/(1 − CTR) because high-CTR videos carry the largest factor.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ytdnn.data.schema import InteractionData
+from ytdnn.data.sources import load_dataset
+from ytdnn.data.split import DateSplit
+from ytdnn.evaluation.metrics import ranking_metrics
+from ytdnn.training.ranker import (CLICK_BASELINE, CONFIG_FILE, LoadedRanker, RankerConfig, RankerError,
+                                   load_ranker, page_ids)
+from ytdnn.utils.io import atomic_write_json, atomic_write_text, atomic_write_with, read_json
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PLOT_FILE = "calibration.png"
+CITATION = ("Data: KuaiRand (Chongming Gao et al., \"KuaiRand: An Unbiased Sequential Recommendation Dataset "
+            "with Randomly Exposed Videos\", CIKM 2022), CC BY-SA 4.0.")
+PREDICTION_COLUMNS = ["user_id", "video_id", "time_ms", "date", "hourmin"]
+
+
+def read_run_config(run_dir: str | Path) -> RankerConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RankerError(f"{run_dir}: not a ranker run folder (no {CONFIG_FILE})")
+    return RankerConfig.read(path)
+
+
+def split_frames(config: RankerConfig, ranker: LoadedRanker,
+                 data: InteractionData | None = None) -> tuple[InteractionData, pl.DataFrame, pl.DataFrame]:
+    """(data, train rows, test rows), both with history columns computed over the whole log.
+
+    History is causal (strictly earlier events), so a test impression sees the training days and
+    the earlier test events, as a server would — never its own or later events.
+    """
+    if data is None:
+        data = load_dataset(config.data.dataset, config.data.data_dir, on_bad_rows=config.data.on_bad_rows)
+    split = DateSplit(train_end=config.data.train_end, test_start=config.data.test_start,
+                      validation_days=config.data.validation_days)
+    needed = data.impressions.filter(split.train_mask() | split.test_mask())
+    with_history = ranker.pipeline.add_history(needed, data.videos)
+    train = with_history.filter(split.train_mask())
+    test = with_history.filter(split.test_mask()).sort("row_id")
+    if test.height == 0:
+        raise RankerError(f"data: no test impressions on or after {config.data.test_start}")
+    return data, train, test
+
+
+def popularity_scores(train: pl.DataFrame, test: pl.DataFrame) -> np.ndarray:
+    """Per-video mean watch time per impression in train; the global mean for unseen videos."""
+    global_mean = float(train["watch_time_s"].mean())
+    per_video = train.group_by("video_id").agg(pl.col("watch_time_s").mean().alias("popularity"))
+    scored = test.select("video_id").join(per_video, on="video_id", how="left", maintain_order="left")
+    return scored["popularity"].fill_null(global_mean).to_numpy().astype(np.float64)
+
+
+def expected_wlr_ratio(test: pl.DataFrame, prior_strength: float = 5.0) -> dict[str, float]:
+    """The over-prediction factor of plain WLR implied by the data: overall and per video (see module doc)."""
+    ctr = float(test["is_click"].mean())
+    per_video = test.group_by("video_id").agg(
+        pl.len().alias("n"), pl.col("watch_time_s").mean().alias("mean_t"), pl.col("is_click").sum().alias("clicks"))
+    # Shrink each video's click rate toward the overall one so 1/(1-p) stays finite for all-click videos.
+    p_hat = (per_video["clicks"].to_numpy() + prior_strength * ctr) / (per_video["n"].to_numpy() + prior_strength)
+    n = per_video["n"].to_numpy().astype(np.float64)
+    mean_t = per_video["mean_t"].to_numpy()
+    return {"click_rate": ctr, "global": 1.0 / (1.0 - ctr),
+            "per_video": float(np.sum(n * mean_t / (1.0 - p_hat)) / np.sum(n * mean_t))}
+
+
+def _metrics_for(test: pl.DataFrame, pages: np.ndarray, score: np.ndarray, served: np.ndarray) -> dict[str, Any]:
+    return ranking_metrics(pages, test["user_id"].to_numpy(), test["is_click"].to_numpy(),
+                           test["watch_time_s"].to_numpy(), score, served)
+
+
+def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = None) -> dict[str, Any]:
+    """Score the test days with the run's ranker and baselines; write metrics.json, report.md and the plot."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    ranker = load_ranker(run_dir)
+    data, train, test = split_frames(config, ranker, data)
+    pages = page_ids(test)
+
+    methods: dict[str, dict[str, Any]] = {}
+    served: dict[str, np.ndarray] = {}
+    scores = ranker.score_frame(test, data.users, data.videos)
+    main_name = f"ranker ({ranker.objective.name})"
+    methods[main_name] = _metrics_for(test, pages, scores[ranker.ranking_key], scores["expected_watch_s"])
+    served[main_name] = scores["expected_watch_s"]
+    if "odds" in scores and ranker.objective.name != "wlr":
+        # The paper's plain e^(Wx+b) read of the same model, for comparison with the served value.
+        methods[main_name]["odds_mean_ratio"] = float(scores["odds"].mean() / test["watch_time_s"].mean())
+
+    click_dir = run_dir / "baselines" / CLICK_BASELINE
+    if (click_dir / "model.json").is_file():
+        click = load_ranker(click_dir)
+        click_scores = click.score_batch(ranker.pipeline.transform(test, data.users, data.videos)) \
+            if click.pipeline.layout.to_dict() == ranker.pipeline.layout.to_dict() \
+            else click.score_frame(test, data.users, data.videos)
+        methods[CLICK_BASELINE] = _metrics_for(test, pages, click_scores[click.ranking_key],
+                                               click_scores["expected_watch_s"])
+        served[CLICK_BASELINE] = click_scores["expected_watch_s"]
+    popularity = popularity_scores(train, test)
+    methods["popularity"] = _metrics_for(test, pages, popularity, popularity)
+    served["popularity"] = popularity
+
+    metrics: dict[str, Any] = {
+        "model": main_name,
+        "objective": ranker.objective.name,
+        "test_rows": test.height,
+        "test_dates": [int(test["date"].min()), int(test["date"].max())],
+        "mean_watch_s": float(test["watch_time_s"].mean()),
+        "expected_wlr_ratio": expected_wlr_ratio(test),
+        "methods": methods,
+        "citation": CITATION,
+    }
+    ablation_path = run_dir / "ablation.json"
+    if ablation_path.is_file():
+        metrics["ablation"] = read_json(ablation_path)
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    write_reliability_plot(run_dir / PLOT_FILE, served, test["watch_time_s"].to_numpy())
+    atomic_write_text(run_dir / REPORT_FILE, render_report(metrics, config))
+    return metrics
+
+
+def write_reliability_plot(path: Path, served: dict[str, np.ndarray], watch_time_s: np.ndarray) -> None:
+    """Mean prediction against mean observed T per equal-count decile, with the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ytdnn.evaluation.metrics import calibration
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
+    upper = 0.0
+    for name, prediction in served.items():
+        bins = calibration(prediction, watch_time_s)["bins"]
+        xs = [b["mean_prediction"] for b in bins]
+        ys = [b["mean_watch_s"] for b in bins]
+        upper = max(upper, max(xs), max(ys))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.plot([0, upper], [0, upper], color="grey", linestyle="--", label="perfect calibration")
+    ax.set_xlabel("mean expected_watch_s in decile (s)")
+    ax.set_ylabel("mean observed watch time T (s)")
+    ax.set_title("Reliability by decile of the prediction (test days)")
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.005, "Data: KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0", fontsize=6, color="grey")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
+    plt.close(fig)
+
+
+TABLE_COLUMNS = [("weighted_per_user_loss", "wpu loss ↓"), ("xauc", "XAUC"), ("xauc_clicked", "XAUC clicked"),
+                 ("xgauc", "XGAUC"), ("gauc", "GAUC"), ("rmse", "RMSE s"), ("mae", "MAE s"),
+                 ("mean_ratio", "mean ratio"), ("relative_calibration_error", "rel. cal. err")]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_report(metrics: dict[str, Any], config: RankerConfig | None = None) -> str:
+    ratio = metrics["expected_wlr_ratio"]
+    lines = [
+        "# Ranker evaluation", "",
+        f"Test days {metrics['test_dates'][0]}–{metrics['test_dates'][1]}: {metrics['test_rows']} impressions, "
+        f"mean watch time {metrics['mean_watch_s']:.2f} s per impression. Model: {metrics['model']}.", "",
+        "| method | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |",
+        "|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    for name, values in metrics["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(values.get(key)) for key, _ in TABLE_COLUMNS) + " |")
+    lines += [
+        "",
+        "## Calibration of the served expected watch time", "",
+        "![reliability by decile](calibration.png)", "",
+        f"Click rate on the test days: {ratio['click_rate']:.3f}. Plain WLR learns odds = E[T|x]/(1 − p(x)), "
+        f"so its e^(Wx+b) is expected to over-predict by 1/(1 − CTR) = {ratio['global']:.2f}× overall and by "
+        f"{ratio['per_video']:.2f}× when each video's own click rate is used (high-CTR videos carry the largest "
+        f"factor). Measured mean ratio of the served value: "
+        f"{_fmt(next(iter(metrics['methods'].values())).get('mean_ratio'))}.", "",
+    ]
+    if "ablation" in metrics:
+        lines += render_ablation(metrics["ablation"])
+    lines += ["", CITATION, ""]
+    return "\n".join(lines)
+
+
+def render_ablation(ablation: dict[str, Any]) -> list[str]:
+    lines = ["## Ablation by feature group", "",
+             "Each row trains the same network and objective with only the listed feature groups.", "",
+             "| feature groups | wpu loss ↓ | XAUC | XAUC clicked | epochs |", "|---|---|---|---|---|"]
+    for row in ablation.get("rows", []):
+        lines.append(f"| {row['name']} | {_fmt(row['weighted_per_user_loss'])} | {_fmt(row['xauc'])} | "
+                     f"{_fmt(row['xauc_clicked'])} | {row.get('best_epoch', 'n/a')} |")
+    return lines + [""]
+
+
+def format_ranker_table(metrics: dict[str, Any]) -> str:
+    """A Rich table of the methods, rendered to text for the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Test days {metrics['test_dates'][0]}–{metrics['test_dates'][1]} "
+                        f"({metrics['test_rows']} impressions)")
+    table.add_column("method")
+    for _, label in TABLE_COLUMNS:
+        table.add_column(label, justify="right")
+    for name, values in metrics["methods"].items():
+        table.add_row(name, *(_fmt(values.get(key)) for key, _ in TABLE_COLUMNS))
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, force_terminal=False).print(table)
+    ratio = metrics["expected_wlr_ratio"]
+    buffer.write(f"WLR theory: odds = E[T]/(1-p); expected over-prediction {ratio['global']:.2f}x (global CTR), "
+                 f"{ratio['per_video']:.2f}x (per-video CTR).\n{CITATION}\n")
+    return buffer.getvalue()
+
+
+def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
+                  data: InteractionData | None = None) -> pl.DataFrame:
+    """One row per impression of ``split`` (test | train | all), in the log's order, duplicates kept."""
+    if split not in ("test", "train", "all"):
+        raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    ranker = load_ranker(run_dir)
+    data, train, test = split_frames(config, ranker, data)
+    frame = {"test": test, "train": train, "all": pl.concat([train, test])}[split].sort("row_id")
+    scores = ranker.score_frame(frame, data.users, data.videos)
+    columns = {"expected_watch_s": scores["expected_watch_s"], "logit": scores["logit"]}
+    if "odds" in scores:
+        columns["odds"] = scores["odds"]
+    if "p_click" in scores:
+        columns["p_click"] = scores["p_click"]
+    result = frame.select(PREDICTION_COLUMNS).with_columns([pl.Series(k, v) for k, v in columns.items()])
+    atomic_write_with(out, lambda tmp: result.write_parquet(tmp), suffix=".parquet")
+    return result

@@ -1,0 +1,378 @@
+"""The ranker training job: data → split → features → ranking tower → run folder.
+
+``train_ranker(config, out_dir)``:
+
+1. loads the dataset (:func:`ytdnn.data.sources.load_dataset`) and splits it by date
+   (:class:`~ytdnn.data.split.DateSplit`): train = date <= ``train_end``; the last
+   ``validation_days`` training days are the validation slice for early stopping; the test days
+   are never read;
+2. computes the leak-free history features on the training part of the log (history is causal —
+   each row only sees strictly earlier events — so rows get the same values as when the history
+   is computed over the whole log);
+3. fits the feature pipeline (vocabularies, quantiles) on the training days *minus* the
+   validation days, i.e. on exactly the rows the network is trained on. Validation then behaves
+   like the test: a video first seen on a validation day is out of vocabulary, as a video first
+   seen on a test day is. (Nothing is retrained on the validation days afterwards.)
+4. fits the objective's constants and its bias-only optimum on the training rows, builds
+   :class:`~ytdnn.models.ranking.RankingNet` with the output bias at that optimum, trains with
+   :class:`~ytdnn.training.trainer.Trainer`, early-stopping on the validation weighted per-user
+   loss (pages = (user_id, date)) — or on the validation loss when the validation days hold no
+   (clicked, unclicked) pair with watch time;
+5. with ``baselines.click`` does the same for the unweighted click model (objective ``click``)
+   with the same network, features and seed.
+
+The run folder, every file written atomically (``model.json`` last, so a folder without it is
+an incomplete run)::
+
+    config.json            resolved RankerConfig (JobConfig.save)
+    features/              the fitted feature pipeline (pipeline.save)
+    model.safetensors      network weights
+    model.json             network config, objective config (name, params, fitted constants)
+    training.json          per-epoch history, best epoch, validation metrics
+    baselines/click/       model.safetensors, model.json, training.json (features shared)
+
+:func:`load_ranker` reads a model folder (the run folder or ``baselines/click``) back, without
+pickle, into a :class:`LoadedRanker` that scores impression frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from ytdnn.config import JobConfig
+from ytdnn.data.csv_reader import OnBadRows
+from ytdnn.data.schema import InteractionData
+from ytdnn.data.sources import load_dataset
+from ytdnn.data.split import DEFAULT_TEST_START, DEFAULT_TRAIN_END, DateSplit
+from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_user_loss_details
+from ytdnn.features.layout import FeatureLayout, RankingBatch
+from ytdnn.features.ranking import RankingFeatureConfig, RankingFeaturePipeline
+from ytdnn.models.ranking import RankingNet, load_weights, save_weights
+from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, make_objective, objective_from_config
+from ytdnn.training.trainer import (VALIDATION_LOSS, MetricFn, Trainer, TrainerConfig, TrainingHistory,
+                                    predict_outputs)
+from ytdnn.utils.io import atomic_write_json, read_json
+from ytdnn.utils.seed import seed_everything
+
+
+__all__ = ["BaselinesSection", "DataSection", "LoadedRanker", "ModelSection", "ObjectiveSection", "RankerConfig",
+           "RankerError", "RunResult", "load_ranker", "train_ranker"]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "ytdnn-ranker-v1"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_FILE = "model.json"
+TRAINING_FILE = "training.json"
+CONFIG_FILE = "config.json"
+FEATURES_DIR = "features"
+CLICK_BASELINE = "click"
+WEIGHTED_PER_USER_LOSS = "weighted_per_user_loss"
+
+
+class RankerError(ValueError):
+    """The ranker job cannot run on this data/config, or a run folder is incomplete; says what."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    dataset: str = Field("kuairand-pure", description="'kuairand-pure' or a dataset folder")
+    data_dir: str | None = Field(None, description="where kuairand-pure lives (default: $YTDNN_DATA_DIR, ../shared/data)")
+    train_end: int = DEFAULT_TRAIN_END
+    test_start: int = DEFAULT_TEST_START
+    validation_days: int = Field(1, ge=0, description="last training days held out for early stopping")
+    on_bad_rows: OnBadRows = "error"
+
+
+class ModelSection(_Section):
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 128],
+                                      description="ReLU layer widths; [] = logistic regression")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ObjectiveSection(_Section):
+    name: str = "wlr"
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the objective")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in RANKING_OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r}; expected one of {sorted(RANKING_OBJECTIVES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ObjectiveSection:
+        make_objective(self.name, **self.params)  # bad parameters fail at load time, not after feature fitting
+        return self
+
+
+class BaselinesSection(_Section):
+    click: bool = Field(True, description="also train the unweighted click model with the same network")
+
+
+def _default_train() -> TrainerConfig:
+    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=10, patience=2,
+                         early_stopping_metric=WEIGHTED_PER_USER_LOSS)
+
+
+class RankerConfig(JobConfig):
+    """Config of ``ytdnn train ranker``. ``seed`` seeds the network init and, unless ``train.seed``
+    is set, the trainer's shuffling and dropout."""
+
+    data: DataSection = Field(default_factory=DataSection)
+    features: RankingFeatureConfig = Field(default_factory=RankingFeatureConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    train: TrainerConfig = Field(default_factory=_default_train)
+    baselines: BaselinesSection = Field(default_factory=BaselinesSection)
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_defaults(cls, tree: Any) -> Any:
+        # A partial train section is completed with the ranker's defaults, not TrainerConfig's
+        # (e.g. early stopping on the weighted per-user loss).
+        if not isinstance(tree, dict) or not isinstance(tree.get("train"), dict):
+            return tree
+        return tree | {"train": _default_train().model_dump() | tree["train"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRanker:
+    """A trained ranker read back from its folder: network, objective and feature pipeline."""
+
+    network: RankingNet
+    objective: RankingObjective
+    pipeline: RankingFeaturePipeline
+    model_dir: Path
+    metadata: dict[str, Any]
+
+    @property
+    def ranking_key(self) -> str:
+        """The score entry that orders items for this objective (``expected_watch_s`` or ``p_click``)."""
+        return str(self.objective.ranking_key)
+
+    def score_batch(self, batch: RankingBatch, batch_size: int = 16384) -> dict[str, np.ndarray]:
+        """The objective's served quantities for every row of ``batch`` (float64 arrays)."""
+        if len(batch) == 0:
+            outputs = torch.zeros((0, self.network.n_heads))
+        else:
+            outputs = predict_outputs(self.network, batch, batch_size)
+        with torch.no_grad():
+            predictions = self.objective.predict(outputs)
+        return {key: value.detach().cpu().numpy().astype(np.float64) for key, value in predictions.items()}
+
+    def score_frame(self, impressions_with_history: pl.DataFrame, users: pl.DataFrame,
+                    videos: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Scores for every row (in order): ``expected_watch_s``, ``logit``, and ``odds``/``p_click``
+        where the objective has them. The frame must carry the history columns."""
+        batch = self.pipeline.transform(impressions_with_history, users, videos)
+        return self.score_batch(batch)
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_ranker` wrote and learned; ``ranker``/``baselines`` are the in-memory models."""
+
+    run_dir: Path
+    ranker: LoadedRanker
+    history: TrainingHistory
+    validation: dict[str, float]  # the restored (best) epoch's validation metrics; {} without validation
+    baselines: dict[str, LoadedRanker] = field(default_factory=dict)
+    baseline_histories: dict[str, TrainingHistory] = field(default_factory=dict)
+    n_train: int = 0
+    n_validation: int = 0
+    validation_dates: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_ranker(model_dir: str | Path) -> LoadedRanker:
+    """Read a model folder written by :func:`train_ranker` (the run folder or ``baselines/click``)."""
+    model_dir = Path(model_dir)
+    model_file = model_dir / MODEL_FILE
+    if not model_file.is_file():
+        raise RankerError(f"{model_dir}: no {MODEL_FILE}; not a ranker run folder, or an incomplete run")
+    metadata = read_json(model_file)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise RankerError(f"{model_file}: format must be {MODEL_FORMAT!r}, got {metadata.get('format')!r}")
+    network = RankingNet.from_config(metadata["network"])
+    weights = model_dir / metadata.get("weights", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise RankerError(f"{model_dir}: weights file {weights.name} is missing")
+    load_weights(network, weights)
+    network.eval()
+    objective = objective_from_config(metadata["objective"])
+    features_dir = (model_dir / metadata.get("features", FEATURES_DIR)).resolve()
+    if not features_dir.is_dir():
+        raise RankerError(f"{model_dir}: feature pipeline folder {features_dir} is missing")
+    pipeline = RankingFeaturePipeline.load(features_dir)
+    if pipeline.layout.to_dict() != network.layout.to_dict():
+        raise RankerError(f"{model_dir}: the feature pipeline's layout in {features_dir} differs from the network's")
+    return LoadedRanker(network, objective, pipeline, model_dir, metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+def page_ids(frame: pl.DataFrame) -> np.ndarray:
+    """One id per (user_id, date) page, as the weighted per-user loss defines pages."""
+    keys = np.stack([frame["user_id"].to_numpy(), frame["date"].to_numpy().astype(np.int64)], axis=1)
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+def _validation_metric_fn(frame: pl.DataFrame, ranking_key: str) -> MetricFn:
+    """Weighted per-user loss (pages = (user_id, date)) and GAUC of the objective's ranking score."""
+    pages = page_ids(frame)
+    users = frame["user_id"].to_numpy()
+    is_click = frame["is_click"].to_numpy()
+    watch = frame["watch_time_s"].to_numpy()
+
+    def metric_fn(predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        score = np.asarray(predictions[ranking_key], dtype=np.float64)
+        return {WEIGHTED_PER_USER_LOSS: weighted_per_user_loss(pages, is_click, watch, score),
+                "gauc": gauc(users, is_click, score)}
+
+    return metric_fn
+
+
+def _has_weighted_pairs(frame: pl.DataFrame) -> bool:
+    details = weighted_per_user_loss_details(page_ids(frame), frame["is_click"].to_numpy(),
+                                             frame["watch_time_s"].to_numpy(), np.zeros(frame.height))
+    return details["n_pairs"] > 0 and details["weight_sum"] > 0
+
+
+def _train_one(objective: RankingObjective, config: RankerConfig, layout: FeatureLayout, train_batch: RankingBatch,
+               validation_batch: RankingBatch | None, validation_frame: pl.DataFrame | None,
+               trainer_config: TrainerConfig) -> tuple[RankingNet, TrainingHistory, list[float]]:
+    """Fit the objective's constants, start at its bias-only optimum, train; the best epoch is kept."""
+    objective.fit(train_batch.is_click, train_batch.watch_time_s)
+    init_bias = objective.init_bias(train_batch.is_click, train_batch.watch_time_s)
+    torch.manual_seed(config.seed)  # the network init: the same for the main model and the baseline
+    network = RankingNet(layout, hidden=config.model.hidden, n_heads=objective.n_heads, dropout=config.model.dropout)
+    network.set_output_bias(init_bias)
+    metric_fn = None
+    if validation_frame is not None:
+        metric_fn = _validation_metric_fn(validation_frame, objective.ranking_key)
+    history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn).fit()
+    return network, history, init_bias
+
+
+def _write_model(model_dir: Path, network: RankingNet, objective: RankingObjective, history: TrainingHistory,
+                 pipeline: RankingFeaturePipeline, features_rel: str, training_extra: dict[str, Any]) -> LoadedRanker:
+    # model.json last: a folder without it is an incomplete run that load_ranker refuses.
+    save_weights(network, model_dir / WEIGHTS_FILE)
+    atomic_write_json(model_dir / TRAINING_FILE, history.to_dict() | training_extra)
+    metadata = {"format": MODEL_FORMAT, "network": network.to_config(), "objective": objective.to_config(),
+                "ranking_key": objective.ranking_key, "weights": WEIGHTS_FILE, "features": features_rel}
+    atomic_write_json(model_dir / MODEL_FILE, metadata)
+    return LoadedRanker(network.eval(), objective, pipeline, model_dir, metadata)
+
+
+def _trainer_config(config: RankerConfig, has_validation: bool, has_pairs: bool) -> tuple[TrainerConfig, str | None]:
+    """The trainer settings actually used, and why they differ from the config (None if they do not)."""
+    train = config.train
+    if train.seed is None:
+        train = train.model_copy(update={"seed": config.seed})
+    metric = train.early_stopping_metric
+    if not has_validation and metric != VALIDATION_LOSS:
+        return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS}), \
+            "no validation days: trained for the configured epochs without early stopping"
+    if has_validation and metric in (WEIGHTED_PER_USER_LOSS, "gauc") and not has_pairs:
+        return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS, "mode": "min"}), \
+            (f"early stopping on {VALIDATION_LOSS} instead of {metric}: the validation days have no "
+             "(clicked, unclicked) pair with watch time on a page")
+    return train, None
+
+
+def train_ranker(config: RankerConfig, out_dir: str | Path, *, data: InteractionData | None = None) -> RunResult:
+    """Train the ranker (and the click baseline) described by ``config``; write the run folder ``out_dir``.
+
+    ``data`` skips loading (tests, notebooks); otherwise ``config.data`` says what to load.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    seed_everything(config.seed)
+    if data is None:
+        data = load_dataset(config.data.dataset, config.data.data_dir, on_bad_rows=config.data.on_bad_rows)
+    split = DateSplit(train_end=config.data.train_end, test_start=config.data.test_start,
+                      validation_days=config.data.validation_days)
+    pipeline = RankingFeaturePipeline(config.features)
+    train_part = data.impressions.filter(split.train_mask())
+    if train_part.height == 0:
+        raise RankerError(f"data: no impression on or before train_end={config.data.train_end}")
+    validation_dates = split.validation_dates(train_part)
+    # History is causal (strictly earlier events only), so computing it on the training part of
+    # the log gives the training rows the same values as computing it on the whole log.
+    with_history = pipeline.add_history(train_part, data.videos)
+    is_validation = pl.col("date").is_in(validation_dates)
+    fit_frame = with_history.filter(~is_validation)
+    validation_frame = with_history.filter(is_validation) if validation_dates else None
+    if fit_frame.height == 0:
+        raise RankerError(f"data: every training day is a validation day (validation_days="
+                          f"{config.data.validation_days}, training dates {validation_dates}); lower validation_days")
+    log.info("ranker: %d training rows, %d validation rows (dates %s)", fit_frame.height,
+             0 if validation_frame is None else validation_frame.height, validation_dates)
+
+    pipeline.fit(fit_frame, data.users, data.videos)
+    layout = pipeline.layout
+    train_batch = pipeline.transform(fit_frame, data.users, data.videos)
+    validation_batch = (pipeline.transform(validation_frame, data.users, data.videos)
+                        if validation_frame is not None else None)
+    has_pairs = validation_frame is not None and _has_weighted_pairs(validation_frame)
+    trainer_config, note = _trainer_config(config, validation_frame is not None, has_pairs)
+    if note:
+        log.warning("ranker: %s", note)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(out_dir / CONFIG_FILE)
+    pipeline.save(out_dir / FEATURES_DIR)
+    extra = {"validation_dates": validation_dates, "n_train": len(train_batch),
+             "n_validation": 0 if validation_batch is None else len(validation_batch),
+             "trainer": trainer_config.model_dump(mode="json"), "note": note}
+
+    objective = make_objective(config.objective.name, **config.objective.params)
+    network, history, init_bias = _train_one(objective, config, layout, train_batch, validation_batch,
+                                             validation_frame, trainer_config)
+    ranker = _write_model(out_dir, network, objective, history, pipeline, FEATURES_DIR,
+                          extra | {"init_bias": init_bias})
+
+    baselines: dict[str, LoadedRanker] = {}
+    baseline_histories: dict[str, TrainingHistory] = {}
+    if config.baselines.click and objective.name not in ("click", "click-only"):
+        click = make_objective(CLICK_BASELINE)
+        click_network, click_history, click_bias = _train_one(click, config, layout, train_batch, validation_batch,
+                                                              validation_frame, trainer_config)
+        baselines[CLICK_BASELINE] = _write_model(out_dir / "baselines" / CLICK_BASELINE, click_network, click,
+                                                 click_history, pipeline, f"../../{FEATURES_DIR}",
+                                                 extra | {"init_bias": click_bias})
+        baseline_histories[CLICK_BASELINE] = click_history
+
+    best = history.best
+    return RunResult(out_dir, ranker, history, dict(best.validation) if best else {}, baselines, baseline_histories,
+                     len(train_batch), extra["n_validation"], validation_dates, time.perf_counter() - started)
