@@ -217,6 +217,18 @@ def experiment_wlr_methods(
     run_wlr_methods(cfg, out)
 
 
+@experiment_app.command("ablation")
+@user_errors
+def experiment_ablation(run_dir: Annotated[Path, typer.Argument(help="A ranker run folder.")]) -> None:
+    """Retrain the run's ranker by feature group (ids; + video stats; + history; + profile; full)."""
+    from ytdnn.evaluation.ranker_eval import evaluate_ranker_run, format_ranker_table
+    from ytdnn.experiments.ablation import run_feature_ablation
+
+    run_feature_ablation(run_dir)
+    typer.echo(format_ranker_table(evaluate_ranker_run(run_dir)))
+    console.print(f"[green]ablation written:[/] {run_dir / 'ablation.json'} (and report.md)")
+
+
 # ------------------------------------------------------------------------------- index/serving
 
 @index_app.command("build")

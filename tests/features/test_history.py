@@ -236,3 +236,27 @@ def test_no_python_loop_speed_on_a_large_synthetic_log() -> None:
     out = compute_history(log, videos)
     assert time.perf_counter() - start < 15.0  # ~1-2 s on 2 cores; a per-row Python loop takes minutes
     assert out.height == n and not math.isnan(out[USER_CLICK_RATE].mean())
+
+
+def test_item_side_history_counts_all_users_strictly_before() -> None:
+    from ytdnn.features.history import VIDEO_CLICK_RATE, VIDEO_IMPRESSIONS_WINDOW, VIDEO_MEAN_WATCH_S
+
+    config = HistoryConfig(window_hours=3 / 3600, click_rate_prior=0.5, click_rate_prior_strength=2.0,
+                           watch_prior_s=4.0)
+    log = pl.DataFrame({
+        "row_id": [0, 1, 2, 3, 4],
+        "user_id": [1, 2, 3, 3, 1],
+        "video_id": [10, 10, 10, 10, 10],
+        "time_ms": [1000, 1000, 2000, 2000, 5000],
+        "is_click": [1, 0, 1, 1, 0],
+        "watch_time_s": [6.0, 0.0, 10.0, 10.0, 0.0],  # rows 2 and 3: one impression logged twice
+    })
+    out = compute_history(log, VIDEOS, config)
+    # Rows 0/1 (t=1000): nothing earlier -> prior: rate (0 + 2*0.5)/(0 + 2) = 0.5, watch (0 + 2*4)/(0 + 2) = 4.
+    # Rows 2/3 (t=2000): rows 0, 1 earlier: rate (1 + 1)/(2 + 2) = 0.5, watch (6 + 8)/(2 + 2) = 3.5;
+    #   the duplicate never sees its twin (same time_ms).
+    # Row 4 (t=5000): rows 0, 1, 2 (3 is a duplicate, counted once): rate (2 + 1)/(3 + 2) = 0.6,
+    #   watch (16 + 8)/(3 + 2) = 4.8; window [2000, 5000) holds row 2 only -> 1.
+    assert out[VIDEO_CLICK_RATE].to_list() == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.6])
+    assert out[VIDEO_MEAN_WATCH_S].to_list() == pytest.approx([4.0, 4.0, 3.5, 3.5, 4.8])
+    assert out[VIDEO_IMPRESSIONS_WINDOW].to_list() == [0, 0, 2, 2, 1]

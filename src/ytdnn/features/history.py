@@ -22,6 +22,15 @@ Columns added (``side`` as in :mod:`ytdnn.features.layout`):
 | ``hist_author_click_share`` | cross | author clicks / all clicks of the user (0 when no click yet) |
 | ``hist_s_since_last_author_click`` | cross | seconds since the user's last click on this author; null if none |
 
+Item-side history, over *all users'* events on the video strictly before t (what the server's
+log says about the candidate; the trending signal that dominates this data):
+
+| column | side | definition (over the video's events strictly before t) |
+| --- | --- | --- |
+| ``hist_video_click_rate`` | item | (clicks + k·p₀) / (impressions + k) |
+| ``hist_video_mean_watch_s`` | item | (watch seconds + k·m₀) / (impressions + k): watch time per impression, shrunk to m₀ |
+| ``hist_video_impressions_window`` | item | impressions of the video in [t − W, t) |
+
 Cumulative counts grow with the log, so later days sit beyond the training quantiles; the rates,
 shares and trailing-window counts do not. The cumulative ``hist_author_clicks`` and
 ``hist_video_prev_impressions`` are kept because the paper names them; they stay small.
@@ -53,6 +62,9 @@ VIDEO_PREV_IMPRESSIONS = "hist_video_prev_impressions"
 AUTHOR_CLICKS = "hist_author_clicks"
 AUTHOR_CLICK_SHARE = "hist_author_click_share"
 S_SINCE_LAST_AUTHOR_CLICK = "hist_s_since_last_author_click"
+VIDEO_CLICK_RATE = "hist_video_click_rate"
+VIDEO_MEAN_WATCH_S = "hist_video_mean_watch_s"
+VIDEO_IMPRESSIONS_WINDOW = "hist_video_impressions_window"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,9 @@ DENSE_HISTORY_COLUMNS: tuple[HistoryColumn, ...] = (
     HistoryColumn(AUTHOR_CLICKS, "cross", False),
     HistoryColumn(AUTHOR_CLICK_SHARE, "cross", False),
     HistoryColumn(S_SINCE_LAST_AUTHOR_CLICK, "cross", True),
+    HistoryColumn(VIDEO_CLICK_RATE, "item", False),
+    HistoryColumn(VIDEO_MEAN_WATCH_S, "item", False),
+    HistoryColumn(VIDEO_IMPRESSIONS_WINDOW, "item", False),
 )
 HISTORY_COLUMNS: tuple[str, ...] = (CLICKED_IDS, *(c.name for c in DENSE_HISTORY_COLUMNS))
 
@@ -92,6 +107,7 @@ class HistoryConfig(BaseModel):
     window_hours: float = Field(24.0, gt=0, description="trailing window W for the recent impression/click counts")
     click_rate_prior: float = Field(0.5, ge=0, le=1, description="p0: prior click rate the user rate shrinks to")
     click_rate_prior_strength: float = Field(5.0, ge=0, description="k: pseudo-impressions of the prior")
+    watch_prior_s: float = Field(20.0, ge=0, description="m0: prior watch seconds per impression for video rates")
     count_duplicates_once: bool = Field(
         True, description="a row repeating an earlier row's (user, video, time_ms) adds nothing to later history")
 
@@ -206,6 +222,22 @@ def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
         .alias(S_SINCE_LAST_AUTHOR_CLICK),
     )
     frame = frame.with_columns(_recent_clicked_ids(frame, config.max_clicked))
+    # Item-side history: the same strictly-earlier sums, over each video's events (all users).
+    frame = frame.sort(["video_id", "time_ms", "_key"])
+    video = ["video_id"]
+    for value, out in (("_imp", "_v_imps"), ("_click", "_v_clicks"), ("_watch", "_v_watch")):
+        frame = _before(frame, value, video, out)
+    m0 = config.watch_prior_s
+    frame = frame.with_columns(
+        ((pl.col("_v_clicks") + k * p0) / (pl.col("_v_imps") + k)).alias(VIDEO_CLICK_RATE) if k > 0 else
+        pl.when(pl.col("_v_imps") > 0).then(pl.col("_v_clicks") / pl.col("_v_imps")).otherwise(p0)
+        .alias(VIDEO_CLICK_RATE),
+        ((pl.col("_v_watch") + k * m0) / (pl.col("_v_imps") + k)).alias(VIDEO_MEAN_WATCH_S) if k > 0 else
+        pl.when(pl.col("_v_imps") > 0).then(pl.col("_v_watch") / pl.col("_v_imps")).otherwise(m0)
+        .alias(VIDEO_MEAN_WATCH_S),
+        pl.col("_imp").rolling_sum_by("_dt", window_size=window, closed="left").over("video_id")
+        .alias(VIDEO_IMPRESSIONS_WINDOW),
+    )
     frame = frame.sort("_key")
     return frame.select(
         CLICKED_IDS,
@@ -218,6 +250,9 @@ def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
         pl.col(AUTHOR_CLICKS).cast(pl.Int64),
         pl.col(AUTHOR_CLICK_SHARE).cast(pl.Float64),
         pl.col(S_SINCE_LAST_AUTHOR_CLICK).cast(pl.Float64),
+        pl.col(VIDEO_CLICK_RATE).cast(pl.Float64),
+        pl.col(VIDEO_MEAN_WATCH_S).cast(pl.Float64),
+        pl.col(VIDEO_IMPRESSIONS_WINDOW).fill_null(0).cast(pl.Int64),
     )
 
 
@@ -267,10 +302,13 @@ def history_for_requests(past_log: pl.DataFrame, requests: pl.DataFrame, videos:
     if clashing:
         raise HistoryError(f"requests already have history column(s) {clashing}; drop them first")
     users = requests["user_id"].cast(pl.Int64).unique()
+    videos_asked = requests["video_id"].cast(pl.Int64).unique()
     latest = requests["time_ms"].max()
-    # Only the requested users' events before the latest request matter; cut the log down first.
+    # Only events of the requested users (user history) or on the requested videos (item
+    # history) before the latest request matter; cut the log down first.
     past = past_log.head(0) if latest is None else past_log.filter(
-        pl.col("user_id").cast(pl.Int64).is_in(users.implode()) & (pl.col("time_ms") < latest))
+        (pl.col("user_id").cast(pl.Int64).is_in(users.implode())
+         | pl.col("video_id").cast(pl.Int64).is_in(videos_asked.implode())) & (pl.col("time_ms") < latest))
     past_events = past.select(
         pl.col("user_id").cast(pl.Int64), pl.col("video_id").cast(pl.Int64), pl.col("time_ms").cast(pl.Int64),
         pl.col("is_click").cast(pl.Int8), pl.col("watch_time_s").cast(pl.Float64),
