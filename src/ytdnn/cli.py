@@ -106,14 +106,21 @@ def train_ranker_cmd(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     on_bad_rows: Annotated[Optional[str], typer.Option(help="error | skip")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint in OUT/checkpoints.")
+                      ] = False,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (and at epoch ends) "
+                                                                 "into OUT/checkpoints.")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train the ranking network (weighted logistic regression by default)."""
     from ytdnn.training.ranker import RankerConfig, train_ranker
 
+    checkpoints = str(out / "checkpoints") if resume or checkpoint_every else None
     cfg = RankerConfig.load(config, _overrides({
         "objective.name": objective, "train.epochs": epochs, "seed": seed, "data.dataset": dataset,
-        "data.data_dir": str(data_dir) if data_dir else None, "data.on_bad_rows": on_bad_rows}, set_))
+        "data.data_dir": str(data_dir) if data_dir else None, "data.on_bad_rows": on_bad_rows,
+        "train.checkpoint_dir": checkpoints, "train.checkpoint_every_batches": checkpoint_every,
+        "train.resume": resume or None}, set_))
     train_ranker(cfg, out)
     console.print(f"[green]ranker trained:[/] {out}")
 
@@ -279,11 +286,13 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for all the main job's runs.")] = Path("runs/main"),
     data_dir: DataDirOpt = None,
     serve: Annotated[bool, typer.Option(help="Start the service at the end.")] = True,
+    port: Annotated[int, typer.Option(help="Port of the service.")] = 8000,
+    ablation: Annotated[bool, typer.Option(help="Also run the ranker's feature-group ablation.")] = True,
 ) -> None:
     """The main job: train and evaluate the system on KuaiRand-Pure, then serve it."""
     from ytdnn.pipeline import run_main_job
 
-    run_main_job(out, data_dir=data_dir, serve=serve)
+    run_main_job(out, data_dir=data_dir, serve=serve, port=port, ablation=ablation)
 
 
 def main() -> None:
