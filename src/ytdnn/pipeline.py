@@ -42,7 +42,7 @@ def run_main_job(out: Path, *, data_dir: Path | None = None, serve: bool = True,
         console.print("ablation by feature group (retrains the ranker on 4 subsets of the features) …")
         run_feature_ablation(ranker_dir, data=data)
     metrics = evaluate_ranker_run(ranker_dir, data=data)
-    console.print(format_ranker_table(metrics), highlight=False)
+    print(format_ranker_table(metrics), flush=True)
     console.print(f"ranker run folder: {ranker_dir} (report.md, metrics.json, calibration.png) "
                   f"[{time.perf_counter() - t:.0f} s]")
 
@@ -58,7 +58,7 @@ def run_main_job(out: Path, *, data_dir: Path | None = None, serve: bool = True,
     retrieval_dir = out / "retrieval"
     train_retrieval(RetrievalConfig.load(overrides=overrides), retrieval_dir, data=data)
     retrieval_metrics = evaluate_retrieval(retrieval_dir, data=data)
-    console.print(format_retrieval_table(retrieval_metrics), highlight=False)
+    print(format_retrieval_table(retrieval_metrics), flush=True)
     build_index(retrieval_dir, "hnsw", data=data)
     console.print(f"retrieval run folder: {retrieval_dir} [{time.perf_counter() - t:.0f} s]")
     paths["retrieval"] = retrieval_dir
