@@ -92,6 +92,25 @@ def data_info(dataset: DatasetOpt = "kuairand-pure", data_dir: DataDirOpt = None
     typer.echo(json.dumps(summary, indent=2))
 
 
+@data_app.command("convert")
+@user_errors
+def data_convert(
+    source: Annotated[Path, typer.Argument(help="A CSV log, a folder of CSV logs, or a KuaiRand folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write (ytdnn layout).")],
+    shard_rows: Annotated[int, typer.Option(help="Rows per impressions/part-*.parquet shard.")] = 1_000_000,
+    on_bad_rows: Annotated[str, typer.Option(help="error | skip")] = "error",
+    users: Annotated[Optional[Path], typer.Option(help="Users table (CSV/Parquet) for a schema CSV.")] = None,
+    videos: Annotated[Optional[Path], typer.Option(help="Videos table (CSV/Parquet) for a schema CSV.")] = None,
+) -> None:
+    """Convert CSV impression logs into partitioned Parquet, streaming (bounded memory)."""
+    from ytdnn.data.convert import convert_csv_logs
+
+    result = convert_csv_logs(source, out, shard_rows=shard_rows, on_bad_rows=on_bad_rows,  # type: ignore[arg-type]
+                              users=users, videos=videos)
+    console.print(f"[green]wrote[/] {out}: {result.rows} impressions in {result.shards} shard(s); "
+                  f"{result.bad_rows.get('skipped_rows', 0)} bad row(s) skipped")
+
+
 # ---------------------------------------------------------------------------------------- train
 
 @train_app.command("ranker")
@@ -121,8 +140,22 @@ def train_ranker_cmd(
         "data.data_dir": str(data_dir) if data_dir else None, "data.on_bad_rows": on_bad_rows,
         "train.checkpoint_dir": checkpoints, "train.checkpoint_every_batches": checkpoint_every,
         "train.resume": resume or None}, set_))
-    train_ranker(cfg, out)
-    console.print(f"[green]ranker trained:[/] {out}")
+    # Under torchrun every rank trains (DDP); only rank 0 writes the run folder.
+    import shutil
+    import tempfile
+
+    from ytdnn.training import distributed
+
+    ctx = distributed.init_from_env()
+    target = out if ctx.is_main else Path(tempfile.mkdtemp(prefix=f"ytdnn-rank{ctx.rank}-"))
+    try:
+        train_ranker(cfg, target)
+    finally:
+        if not ctx.is_main:
+            shutil.rmtree(target, ignore_errors=True)
+        distributed.shutdown()
+    if ctx.is_main:
+        console.print(f"[green]ranker trained:[/] {out}" + (f" ({ctx.world_size} processes)" if ctx.enabled else ""))
 
 
 @train_app.command("retrieval")

@@ -21,17 +21,28 @@ and 48-66 s with 2. ``num_threads=None`` uses every core this process may use.
 ``config.max_examples`` caps the number of training rows the model computes gradients on
 (*after* ``batch_transform``, so an expanding objective spends its budget on its expanded rows),
 for equal-budget comparisons; the last minibatch is cut so the count is exact.
+
+Checkpoints (``config.checkpoint_dir``): at every epoch end, every ``checkpoint_every_batches``
+steps, and once finished, into ``checkpoint_dir/<checkpoint_name>`` (see
+:mod:`ytdnn.training.checkpoint`). ``config.resume`` continues from the latest one: the epoch's
+permutation is drawn again from the saved generator state and training goes on at the saved
+row, so the result is bit-identical to an uninterrupted run. A fresh run clears old ones.
+
+Under a ``torch.distributed`` process group (``torchrun``) the model is wrapped in DDP and each
+rank trains on its slice of every global batch (see :mod:`ytdnn.training.distributed`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -39,13 +50,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ytdnn.features.layout import RankingBatch
+from ytdnn.training import distributed
+from ytdnn.training.checkpoint import CheckpointStore, TrainingCheckpoint
 
 __all__ = ["VALIDATION_LOSS", "EpochRecord", "MetricFn", "Objective", "Trainer", "TrainerConfig", "TrainingError",
            "TrainingHistory", "available_cores", "predict_outputs", "torch_threads"]
 
 VALIDATION_LOSS = "val_loss"
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(ValueError):
@@ -84,6 +101,12 @@ class TrainerConfig(BaseModel):
     max_examples: int | None = Field(None, ge=1, description="budget of training rows (after batch_transform)")
     num_threads: int | None = Field(1, ge=1, description="torch threads; None = every core this process may use")
     progress: bool = True
+    checkpoint_dir: str | None = Field(None, description="folder for checkpoints (one subfolder per trained model); "
+                                                         "None = no checkpoints")
+    checkpoint_every_batches: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps "
+                                                                         "(epoch ends always are); None = epoch ends only")
+    checkpoint_keep: int = Field(2, ge=1, description="most recent checkpoints kept on disk")
+    resume: bool = Field(False, description="continue from the latest checkpoint in checkpoint_dir, if any")
 
 
 @dataclass
@@ -107,6 +130,7 @@ class TrainingHistory:
     budget_exhausted: bool = False
     early_stopping_metric: str = VALIDATION_LOSS
     num_threads: int = 1
+    resumed_from_step: int | None = None  # the checkpoint's step when the run was resumed
 
     @property
     def best(self) -> EpochRecord | None:
@@ -121,7 +145,8 @@ class TrainingHistory:
                 "best_validation": dict(self.best.validation) if self.best else None,
                 "stopped_early": self.stopped_early, "budget_exhausted": self.budget_exhausted,
                 "early_stopping_metric": self.early_stopping_metric, "examples_seen": self.examples_seen,
-                "seconds": sum(e.seconds for e in self.epochs), "num_threads": self.num_threads}
+                "seconds": sum(e.seconds for e in self.epochs), "num_threads": self.num_threads,
+                "resumed_from_step": self.resumed_from_step}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> TrainingHistory:
@@ -131,7 +156,44 @@ class TrainingHistory:
                   for e in payload["epochs"]]
         return cls(epochs, payload.get("best_epoch"), bool(payload.get("stopped_early", False)),
                    bool(payload.get("budget_exhausted", False)),
-                   str(payload.get("early_stopping_metric", VALIDATION_LOSS)), int(payload.get("num_threads", 1)))
+                   str(payload.get("early_stopping_metric", VALIDATION_LOSS)), int(payload.get("num_threads", 1)),
+                   payload.get("resumed_from_step"))
+
+
+@dataclass
+class _Position:
+    """Where a run is: the next row of epoch ``epoch``'s permutation, and the running sums.
+
+    ``loss_sum`` and ``epoch_seconds`` cover the part of the epoch already done; the
+    early-stopping state travels with it so a resumed run decides exactly as an unbroken one.
+    """
+
+    epoch: int = 1
+    next_start: int = 0
+    step: int = 0  # optimiser steps, all epochs
+    seen: int = 0  # training rows, all epochs (after batch_transform)
+    loss_sum: float = 0.0
+    rows_in_epoch: int = 0
+    epoch_seconds: float = 0.0
+    best_value: float | None = None
+    epochs_without_improvement: int = 0
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> _Position:
+        return cls(**payload)
+
+
+def _global_sum(value: Tensor) -> float:
+    """``value`` summed over the ranks of the process group (itself for one process)."""
+    if not distributed.current().enabled:
+        return float(value)
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return float(total)
 
 
 def available_cores() -> int:
@@ -205,13 +267,16 @@ class Trainer:
 
     def __init__(self, model: nn.Module, objective: Objective, train: RankingBatch,
                  validation: RankingBatch | None, config: TrainerConfig | None = None,
-                 metric_fn: MetricFn | None = None) -> None:
+                 metric_fn: MetricFn | None = None, checkpoint_name: str | None = None) -> None:
         self.model = model
         self.objective = objective
         self.train_data = train
         self.validation = validation
         self.config = config or TrainerConfig()
         self.metric_fn = metric_fn
+        # Checkpoints go to config.checkpoint_dir/<checkpoint_name>: two models trained into one
+        # run folder (the ranker and its click baseline) keep separate checkpoints.
+        self.checkpoint_name = checkpoint_name or str(getattr(objective, "name", "model"))
         if len(train) == 0:
             raise TrainingError("train: the training batch has 0 rows")
         if validation is not None and len(validation) == 0:
@@ -264,6 +329,54 @@ class Trainer:
             self._fit(history)
         return history
 
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _checkpoint_store(self) -> CheckpointStore | None:
+        if self.config.checkpoint_dir is None:
+            return None
+        return CheckpointStore(Path(self.config.checkpoint_dir) / self.checkpoint_name, keep=self.config.checkpoint_keep)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed by this trainer (same data order, same steps)."""
+        config = self.config
+        return {"n_rows": len(self.train_data), "batch_size": config.batch_size,
+                "seed": 0 if config.seed is None else config.seed, "max_examples": config.max_examples,
+                "objective": getattr(self.objective, "name", type(self.objective).__name__)}
+
+    def _save_checkpoint(self, store: CheckpointStore, position: _Position, optimizer: torch.optim.Optimizer,
+                         generator: torch.Generator, epoch_generator_state: Tensor | None,
+                         best_state: dict[str, Tensor] | None, history: TrainingHistory) -> None:
+        rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+        if epoch_generator_state is not None:
+            rng["epoch_generator"] = epoch_generator_state
+        state = {"position": position.to_dict(), "history": history.to_dict(), "fingerprint": self._fingerprint()}
+        store.save(TrainingCheckpoint(position.step, self.model.state_dict(), optimizer.state_dict(), rng, state,
+                                      best_state))
+
+    def _restore(self, checkpoint: TrainingCheckpoint, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                 history: TrainingHistory) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None]:
+        expected, found = self._fingerprint(), checkpoint.state.get("fingerprint", {})
+        if found != expected:
+            differing = sorted(k for k in expected if found.get(k) != expected[k])
+            raise TrainingError(f"{checkpoint.path}: the checkpoint belongs to a different run ({differing} differ: "
+                                f"checkpoint {[found.get(k) for k in differing]}, now "
+                                f"{[expected[k] for k in differing]}); resume with the same data and settings")
+        try:
+            self.model.load_state_dict(checkpoint.model, strict=True)
+            optimizer.load_state_dict(checkpoint.optimizer)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainingError(f"{checkpoint.path}: the checkpoint does not fit this model: {exc}") from exc
+        torch.set_rng_state(checkpoint.rng["torch"])
+        generator.set_state(checkpoint.rng["generator"])
+        restored = TrainingHistory.from_dict(checkpoint.state["history"])
+        history.epochs = restored.epochs
+        history.best_epoch = restored.best_epoch
+        history.stopped_early = restored.stopped_early
+        history.budget_exhausted = restored.budget_exhausted
+        history.resumed_from_step = checkpoint.step
+        return (_Position.from_dict(checkpoint.state["position"]), checkpoint.rng.get("epoch_generator"),
+                checkpoint.best_model)
+
+    # -- the loop ---------------------------------------------------------------------------------
     def _fit(self, history: TrainingHistory) -> None:
         config = self.config
         seed = 0 if config.seed is None else config.seed
@@ -273,64 +386,133 @@ class Trainer:
         n_rows = len(self.train_data)
         n_batches = math.ceil(n_rows / config.batch_size)
         budget = config.max_examples
-        seen = 0
-        best_value: float | None = None
+        position = _Position()
         best_state: dict[str, Tensor] | None = None
-        epochs_without_improvement = 0
+        # The shuffling generator's state before this epoch's permutation: a mid-epoch checkpoint
+        # stores it so a resumed run draws the same permutation again.
+        epoch_generator_state: Tensor | None = None
+
+        ctx = distributed.current()
+        network: nn.Module = self.model
+        if ctx.enabled:
+            network = DistributedDataParallel(self.model)
+
+        store = self._checkpoint_store()
+        if store is not None:
+            checkpoint = store.latest() if config.resume else None
+            if ctx.enabled:
+                dist.barrier()  # every rank has read the checkpoint before rank 0 touches the folder
+            if ctx.is_main:
+                store.remove_stale_temp_files()
+                if checkpoint is None:
+                    store.clear()
+            if checkpoint is not None:
+                position, epoch_generator_state, best_state = self._restore(checkpoint, optimizer, generator, history)
+                log.info("resuming %s from %s (epoch %d, row %d, %d examples seen)", self.checkpoint_name,
+                         checkpoint.path, position.epoch, position.next_start, position.seen)
+                if position.finished:  # the run had completed: the checkpoint holds its final weights
+                    self.model.eval()
+                    return
+
+        def save(at: _Position) -> None:
+            if store is not None and ctx.is_main:
+                self._save_checkpoint(store, at, optimizer, generator, epoch_generator_state, best_state, history)
 
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                            disable=not config.progress, transient=True)
+                            disable=not config.progress or not ctx.is_main, transient=True)
         with progress:
             task = progress.add_task("epoch 1", total=n_batches, loss=math.nan)
-            for epoch in range(1, config.epochs + 1):
-                started = time.perf_counter()
-                progress.reset(task, total=n_batches, description=f"epoch {epoch}/{config.epochs}", loss=math.nan)
+            for epoch in range(position.epoch, config.epochs + 1):
+                started = time.perf_counter() - position.epoch_seconds
+                progress.reset(task, total=n_batches, completed=position.next_start // config.batch_size,
+                               description=f"epoch {epoch}/{config.epochs}", loss=math.nan)
                 self.model.train()
-                permutation = torch.randperm(n_rows, generator=generator)
+                if epoch_generator_state is None:  # a fresh epoch
+                    epoch_generator_state = generator.get_state()
+                    permutation = torch.randperm(n_rows, generator=generator)
+                else:  # resumed mid-epoch: the same permutation, then the generator as it was
+                    current = generator.get_state()
+                    generator.set_state(epoch_generator_state)
+                    permutation = torch.randperm(n_rows, generator=generator)
+                    generator.set_state(current)
                 shuffled = self.train_data.index(permutation)
-                loss_sum = torch.zeros((), dtype=torch.float64)
-                rows_in_epoch = 0
-                for start in range(0, n_rows, config.batch_size):
-                    batch = self._transform(_slice(shuffled, start, start + config.batch_size), generator)
-                    if budget is not None and seen + len(batch) > budget:
-                        batch = _slice(batch, 0, budget - seen)
-                    if len(batch) == 0:
+                # The loss sum of this epoch so far; across ranks the stored one is the global sum,
+                # held by rank 0 only so that the reduction does not count it N times.
+                loss_sum = torch.tensor(position.loss_sum if ctx.is_main else 0.0, dtype=torch.float64)
+                for start in range(position.next_start, n_rows, config.batch_size):
+                    if budget is not None and position.seen >= budget:
                         break
-                    outputs = self.model(batch)
-                    loss = self.objective.loss(outputs, batch.is_click, batch.watch_time_s)
+                    if ctx.enabled:
+                        # This rank's slice of the global batch (cut to the budget first).
+                        global_rows = min(config.batch_size, n_rows - start)
+                        if budget is not None:
+                            global_rows = min(global_rows, budget - position.seen)
+                        low, high = ctx.share(global_rows)
+                        batch = self._transform(_slice(shuffled, start + low, start + high), generator)
+                        if len(batch) != high - low:
+                            # Counting and weighting rows across ranks assumes one row in, one row out.
+                            raise TrainingError(f"objective {getattr(self.objective, 'name', '?')!r} expands "
+                                                "batches (batch_transform); distributed training does not support "
+                                                "it yet: train it in one process")
+                    else:
+                        batch = self._transform(_slice(shuffled, start, start + config.batch_size), generator)
+                        if budget is not None and position.seen + len(batch) > budget:
+                            batch = _slice(batch, 0, budget - position.seen)
+                        global_rows = len(batch)
+                    if global_rows == 0:
+                        break
+                    if len(batch):
+                        outputs = network(batch)
+                        loss = self.objective.loss(outputs, batch.is_click, batch.watch_time_s)
+                    else:  # a rank without rows in a tiny last batch still joins the gradient all-reduce
+                        loss = sum((p.sum() * 0.0 for p in network.parameters()), torch.zeros(()))
                     if not torch.isfinite(loss):
                         raise TrainingError(f"epoch {epoch}, rows {start}..{start + config.batch_size}: the loss is "
                                             f"{loss.item()}; lower the learning rate (lr={config.lr})")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if ctx.enabled:
+                        # DDP averages gradients over ranks: weight each rank's mean loss by its share.
+                        (loss * (len(batch) * ctx.world_size / global_rows)).backward()
+                    else:
+                        loss.backward()
                     optimizer.step()
                     loss_sum += loss.detach().double() * len(batch)
-                    rows_in_epoch += len(batch)
-                    seen += len(batch)
+                    position.rows_in_epoch += global_rows
+                    position.seen += global_rows
+                    position.step += 1
                     progress.update(task, advance=1, loss=loss.item())
-                    if budget is not None and seen >= budget:
-                        break
-                train_loss = float(loss_sum / rows_in_epoch) if rows_in_epoch else math.nan
+                    if config.checkpoint_every_batches and position.step % config.checkpoint_every_batches == 0:
+                        save(replace(position, next_start=start + config.batch_size, loss_sum=_global_sum(loss_sum),
+                                     epoch_seconds=time.perf_counter() - started))
+                epoch_loss_sum = _global_sum(loss_sum)
+                train_loss = epoch_loss_sum / position.rows_in_epoch if position.rows_in_epoch else math.nan
                 progress.update(task, description=f"epoch {epoch}: validating")
                 validation = self.evaluate()
-                record = EpochRecord(epoch, train_loss, seen, time.perf_counter() - started, validation)
+                record = EpochRecord(epoch, train_loss, position.seen, time.perf_counter() - started, validation)
                 history.epochs.append(record)
                 if validation:
                     value = validation[config.early_stopping_metric]
-                    if self._improved(value, best_value):
-                        best_value = value
+                    if self._improved(value, position.best_value):
+                        position.best_value = value
                         history.best_epoch = epoch
                         best_state = copy.deepcopy(self.model.state_dict())
-                        epochs_without_improvement = 0
+                        position.epochs_without_improvement = 0
                     else:
-                        epochs_without_improvement += 1
-                if budget is not None and seen >= budget:
+                        position.epochs_without_improvement += 1
+                position = replace(position, epoch=epoch + 1, next_start=0, loss_sum=0.0, rows_in_epoch=0,
+                                   epoch_seconds=0.0)
+                epoch_generator_state = None
+                if budget is not None and position.seen >= budget:
                     history.budget_exhausted = True
                     break
-                if validation and config.patience and epochs_without_improvement >= config.patience:
+                if validation and config.patience and position.epochs_without_improvement >= config.patience:
                     history.stopped_early = epoch < config.epochs
                     break
+                if epoch < config.epochs:
+                    save(position)
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()
+        position.finished = True
+        save(position)
