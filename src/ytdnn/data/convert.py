@@ -24,8 +24,6 @@ are written into a temporary folder that replaces ``impressions/`` only when com
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import pyarrow.csv as pacsv
 from ytdnn.data.csv_reader import ColumnRule, OnBadRows
 from ytdnn.data.errors import BadRowReport, DataError
 from ytdnn.data.kuairand import LOG_RULES, find_kuairand_root, read_users, read_videos
-from ytdnn.data.schema import IMPRESSION_SCHEMA, conform_impressions, conform_videos
+from ytdnn.data.schema import IMPRESSION_SCHEMA, ImpressionShardWriter, conform_impressions, conform_videos
 from ytdnn.utils.io import atomic_write_json, atomic_write_with
 
 __all__ = ["IMPRESSION_RULES", "ConvertResult", "convert_csv_logs"]
@@ -236,45 +234,20 @@ def convert_csv_logs(source: str | Path, out_dir: str | Path, *, shard_rows: int
 
     report = BadRowReport()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".impressions.", dir=out_dir))
-    rows = shards = 0
-    try:
-        pending: list[pl.DataFrame] = []
-        pending_rows = 0
+    def empty() -> pl.DataFrame:
+        return conform_impressions(pl.DataFrame(schema={c: t for c, t in IMPRESSION_SCHEMA.items() if c != "tokens"}),
+                                   source=str(source))
 
-        def write_shard(frame: pl.DataFrame) -> None:
-            nonlocal shards
-            atomic_write_with(staging / f"part-{shards:05d}.parquet", lambda tmp: frame.write_parquet(tmp),
-                              suffix=".parquet")
-            shards += 1
-
+    with ImpressionShardWriter(out_dir, shard_rows, empty) as writer:
         for path in files:
             for raw, lines in _blocks(path, rules, on_bad_rows, report, block_bytes):
                 block = to_schema(_validate(raw, lines, rules, path, on_bad_rows, report))
                 if "row_id" not in block.columns:
-                    block = block.with_columns(pl.int_range(rows, rows + block.height, dtype=pl.Int64).alias("row_id"))
-                block = conform_impressions(block, source=f"{path} (lines {int(lines[0])}..{int(lines[-1])})"
-                                            if len(lines) else str(path))
-                rows += block.height
-                pending.append(block)
-                pending_rows += block.height
-                while pending_rows >= shard_rows:
-                    buffered = pl.concat(pending)
-                    write_shard(buffered.head(shard_rows))
-                    rest = buffered.slice(shard_rows)
-                    pending, pending_rows = ([rest], rest.height) if rest.height else ([], 0)
-        if pending_rows or shards == 0:
-            write_shard(pl.concat(pending) if pending else conform_impressions(
-                pl.DataFrame(schema={c: t for c, t in IMPRESSION_SCHEMA.items() if c != "tokens"}), source=str(source)))
-        target = out_dir / "impressions"
-        retired = out_dir / f".impressions.old-{staging.name.rsplit('.', 1)[-1]}"
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
-        shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                    block = block.with_columns(pl.int_range(writer.rows, writer.rows + block.height,
+                                                            dtype=pl.Int64).alias("row_id"))
+                writer.add(conform_impressions(block, source=f"{path} (lines {int(lines[0])}..{int(lines[-1])})"
+                                               if len(lines) else str(path)))
+    rows, shards = writer.rows, writer.shards
 
     tables: dict[str, pl.DataFrame] = {}
     if kuairand_root is not None:

@@ -14,6 +14,9 @@ Simulated data carries ground truth in ``true_p_click`` and ``true_expected_watc
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,3 +185,65 @@ def conform_videos(videos: pl.DataFrame, *, source: str = "videos") -> pl.DataFr
             default = pl.lit([], dtype=dtype) if isinstance(dtype, pl.List) else pl.lit(None, dtype=dtype)
             out = out.with_columns(default.alias(column))
     return out.with_columns([pl.col(c).cast(t) for c, t in VIDEO_CORE_SCHEMA.items()])
+
+
+class ImpressionShardWriter:
+    """Stream impression frames into ``directory/impressions/part-NNNNN.parquet`` shards.
+
+    Frames are buffered and cut into shards of exactly ``shard_rows`` rows (the last one
+    shorter), each written atomically into a staging folder beside ``impressions/``. Leaving the
+    ``with`` block normally writes what is left (an empty shard from ``empty()`` when nothing was
+    added) and swaps the staging folder in for ``impressions/``; an exception removes it, so an
+    existing ``impressions/`` is never mixed with a half-written one. Memory: one shard.
+    """
+
+    def __init__(self, directory: str | Path, shard_rows: int, empty: Callable[[], pl.DataFrame]) -> None:
+        if shard_rows <= 0:
+            raise ValueError(f"shard_rows must be > 0, got {shard_rows}")
+        self.directory = Path(directory)
+        self.shard_rows = shard_rows
+        self.empty = empty
+        self.shards = 0
+        self.rows = 0
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._staging: Path | None = None
+
+    def __enter__(self) -> "ImpressionShardWriter":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=".impressions.", dir=self.directory))
+        return self
+
+    def _write(self, frame: pl.DataFrame) -> None:
+        assert self._staging is not None
+        atomic_write_with(self._staging / f"part-{self.shards:05d}.parquet", frame.write_parquet, suffix=".parquet")
+        self.shards += 1
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.rows += frame.height
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        while self._pending_rows >= self.shard_rows:
+            buffered = pl.concat(self._pending)
+            self._write(buffered.head(self.shard_rows))
+            rest = buffered.slice(self.shard_rows)
+            self._pending, self._pending_rows = ([rest], rest.height) if rest.height else ([], 0)
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        staging = self._staging
+        assert staging is not None
+        if exc_type is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        try:
+            if self._pending_rows or self.shards == 0:
+                self._write(pl.concat(self._pending) if self._pending else self.empty())
+            target = self.directory / "impressions"
+            retired = self.directory / f".impressions.old-{staging.name.rsplit('.', 1)[-1]}"
+            if target.exists():
+                target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

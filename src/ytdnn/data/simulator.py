@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +58,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ytdnn.config import JobConfig
-from ytdnn.data.schema import InteractionData, conform_impressions
+from ytdnn.data.schema import ImpressionShardWriter, InteractionData, conform_impressions
 from ytdnn.utils.io import atomic_write_json, atomic_write_with
 
 __all__ = ["SimulatorConfig", "simulate", "simulate_to_parquet"]
@@ -584,41 +582,12 @@ def simulate_to_parquet(config: SimulatorConfig, directory: str | Path, *, shard
         histogram.add(_generate_chunk(config, world, day, block, with_outcomes=False).logit)
     bias = histogram.solve_bias(config.target_click_rate)
 
-    staging = Path(tempfile.mkdtemp(prefix=".impressions.", dir=directory))
-    try:
-        shard_index = 0
-        pending: list[pl.DataFrame] = []
-        pending_rows = 0
-        row_id = 0
-
-        def write_shard(frame: pl.DataFrame) -> None:
-            nonlocal shard_index
-            atomic_write_with(staging / f"part-{shard_index:05d}.parquet", lambda tmp: frame.write_parquet(tmp),
-                              suffix=".parquet")
-            shard_index += 1
-
+    row_id = 0
+    with ImpressionShardWriter(directory, shard_rows, _empty_impressions) as writer:
         for day, block in _chunk_keys(config):
             frame = _finalise(config, _generate_chunk(config, world, day, block, with_outcomes=True), bias, row_id)
             row_id += frame.height
-            pending.append(frame)
-            pending_rows += frame.height
-            while pending_rows >= shard_rows:
-                buffered = pl.concat(pending)
-                write_shard(buffered.head(shard_rows))
-                rest = buffered.slice(shard_rows)
-                pending, pending_rows = ([rest], rest.height) if rest.height else ([], 0)
-        if pending_rows or shard_index == 0:
-            write_shard(pl.concat(pending) if pending else _empty_impressions())
-
-        target = directory / "impressions"
-        retired = directory / f".impressions.old-{staging.name.rsplit('.', 1)[-1]}"
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
-        shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            writer.add(frame)
 
     atomic_write_with(directory / "users.parquet", lambda tmp: world.users.write_parquet(tmp), suffix=".parquet")
     atomic_write_with(directory / "videos.parquet", lambda tmp: world.videos.write_parquet(tmp), suffix=".parquet")
