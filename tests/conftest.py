@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from ytdnn.data.datadir import default_data_dir_candidates
+from ytdnn.data.datadir import ENV_VAR, default_data_dir_candidates
 
 
 def _real_data_dir() -> Path | None:
-    for candidate in default_data_dir_candidates():
+    """The same lookup as the CLI: $YTDNN_DATA_DIR first, then ../shared/data."""
+    env = os.environ.get(ENV_VAR)
+    for candidate in ([Path(env)] if env else []) + default_data_dir_candidates():
         if (candidate / "KuaiRand-Pure" / "data").is_dir():
             return candidate
     return None
 
 
 REAL_DATA_DIR = _real_data_dir()
-requires_real_data = pytest.mark.skipif(REAL_DATA_DIR is None, reason="KuaiRand-Pure not found in ../shared/data")
+requires_real_data = pytest.mark.skipif(REAL_DATA_DIR is None, reason="KuaiRand-Pure not found ($YTDNN_DATA_DIR or ../shared/data)")
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def user_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+        except (DataError, ConfigError, OSError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -88,8 +88,10 @@ def data_info(dataset: DatasetOpt = "kuairand-pure", data_dir: DataDirOpt = None
     from ytdnn.data.sources import load_dataset
 
     data = load_dataset(dataset or "kuairand-pure", data_dir, on_bad_rows=on_bad_rows)  # type: ignore[arg-type]
+    from ytdnn.utils.io import _clean_floats
+
     summary = data.summary() | {"bad_rows": data.provenance.get("bad_rows")}
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(_clean_floats(summary), indent=2))  # NaN (e.g. no rows) as null: valid JSON
 
 
 @data_app.command("convert")
@@ -181,6 +183,26 @@ def train_retrieval_cmd(
 
 # ------------------------------------------------------------------------------ evaluate/predict
 
+def _use_data_dir(data_dir: Path | None) -> None:
+    """A run folder records where its data came from; --data-dir points elsewhere (moved data)."""
+    if data_dir is not None:
+        import os
+
+        from ytdnn.data.datadir import ENV_VAR, resolve_data_dir
+
+        os.environ[ENV_VAR] = str(resolve_data_dir(data_dir))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+
+
 def _run_kind(run_dir: Path) -> str:
     from ytdnn.utils.io import read_json
 
@@ -192,8 +214,10 @@ def _run_kind(run_dir: Path) -> str:
 
 @app.command("evaluate")
 @user_errors
-def evaluate_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `ytdnn train`.")]) -> None:
+def evaluate_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `ytdnn train`.")],
+                 data_dir: DataDirOpt = None) -> None:
     """Evaluate a run on the test days (with its baselines) and write metrics + report."""
+    _use_data_dir(data_dir)
     kind = _run_kind(run_dir)
     if kind == "RetrievalConfig":
         from ytdnn.evaluation.retrieval_eval import evaluate_retrieval, format_retrieval_table
@@ -213,8 +237,10 @@ def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A ranker run folder.")],
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
     split: Annotated[str, typer.Option(help="test | train | all")] = "test",
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Score impressions: one row per impression, in the log's order."""
+    _use_data_dir(data_dir)
     from ytdnn.evaluation.ranker_eval import predict_split
 
     frame = predict_split(run_dir, split=split, out=out)
@@ -302,10 +328,11 @@ def bundle_cmd(
 def serve_cmd(
     bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (or a folder with a `current` pointer).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
     config: ConfigOpt = None,
 ) -> None:
     """Serve recommendations over HTTP (FastAPI on uvicorn)."""
+    _check_port_free(host, port)
     from ytdnn.serving.app import serve
 
     serve(bundle_dir, host=host, port=port, config_path=config)
@@ -319,12 +346,14 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for all the main job's runs.")] = Path("runs/main"),
     data_dir: DataDirOpt = None,
     serve: Annotated[bool, typer.Option(help="Start the service at the end.")] = True,
-    port: Annotated[int, typer.Option(help="Port of the service.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port of the service.", min=1, max=65535)] = 8000,
     ablation: Annotated[bool, typer.Option(help="Also run the ranker's feature-group ablation.")] = True,
 ) -> None:
     """The main job: train and evaluate the system on KuaiRand-Pure, then serve it."""
     from ytdnn.pipeline import run_main_job
 
+    if serve:
+        _check_port_free("127.0.0.1", port)  # fail now, not after minutes of training
     run_main_job(out, data_dir=data_dir, serve=serve, port=port, ablation=ablation)
 
 

@@ -47,7 +47,7 @@ def read_validated_csv(path: str | Path, rules: dict[str, ColumnRule], *, on_bad
     if not path.exists():
         raise DataError("file not found", path=path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:  # -sig: tolerate a BOM
             names = [c.strip().strip('"') for c in handle.readline().rstrip("\r\n").split(",")]
     except OSError as exc:
         raise DataError(f"cannot read the header: {exc}", path=path, line=1) from exc

@@ -28,7 +28,9 @@ _nonneg = lambda c: c < 0  # noqa: E731 - tiny predicate table below reads bette
 LOG_RULES: dict[str, ColumnRule] = {
     "user_id": ColumnRule(pl.Int64(), "a non-negative integer id", _nonneg),
     "video_id": ColumnRule(pl.Int64(), "a non-negative integer id", _nonneg),
-    "date": ColumnRule(pl.Int32(), "a date as YYYYMMDD", lambda c: (c < 19700101) | (c > 29991231)),
+    "date": ColumnRule(pl.Int32(), "a date as YYYYMMDD",
+                       lambda c: (c < 19700101) | (c > 29991231) | ~((c // 100) % 100).is_between(1, 12)
+                       | ~(c % 100).is_between(1, 31)),
     "hourmin": ColumnRule(pl.Int32(), "an HHMM time bucket", lambda c: (c < 0) | (c > 2400), required=False),
     "time_ms": ColumnRule(pl.Int64(), "epoch milliseconds (a non-negative integer)", _nonneg),
     "is_click": ColumnRule(pl.Int8(), "0 or 1", lambda c: ~c.is_in([0, 1])),
