@@ -20,9 +20,11 @@ from ytdnn.config import ConfigError
 from ytdnn.data.simulator import SimulatorConfig, simulate
 from ytdnn.evaluation.metrics import MetricInputError
 from ytdnn.experiments import wlr_methods
-from ytdnn.experiments.wlr_methods import (  # noqa: I001 (_Labels: the metrics' input, private)
+from ytdnn.experiments.wlr_methods import (
     _Labels,
     DEFAULT_METHODS,
+    LEARNABLE_RANKER,
+    LEARNABLE_SIMULATOR_SETTINGS,
     PreparedWorld,
     WlrMethodsConfig,
     WlrMethodsError,
@@ -233,19 +235,12 @@ def test_a_served_scale_changes_calibration_but_not_ranking() -> None:
 # The issue's simulator requirements, on small learnable worlds
 # ---------------------------------------------------------------------------------------------
 
-# A world whose p(x) and E[T | click, x] depend only on what the network sees — the video (its
-# id and duration) and the tab — with every video shown often (uniform exposure), so a trained
-# model can reach the population optimum and the theory applies to what it learns. (In the
-# study's default worlds p(x) also depends on a weak user × video affinity that a short training
-# learns only in part.)
-LEARNABLE_WORLD: dict[str, Any] = {
-    "n_users": 400, "n_videos": 100, "n_days": 14, "impressions_per_user_day": 20.0,
-    "taste_strength": 0.0, "hour_click_amplitude": 0.0, "trend_click_weight": 0.0, "popularity_skew": 0.0,
-    "popularity_drift": 0.0, "item_effect_std": 0.7, "tab_click_effect": 1.0, "watch_sigma": 0.5,
-    "duration_sigma": 0.3, "tokens_per_impression": 0.0,
-}
-TEST_RANKER = RankerConfig().merged({"model.hidden": [32], "features.groups": ["ids", "context", "video_stats"],
-                                     "train.batch_size": 1024})
+# The study's learnable worlds: p(x) and E[T | click, x] depend only on what the network sees —
+# the video (its id and duration) and the tab — with every video shown often, so a trained model
+# can reach the population optimum and the theory applies to what it learns. (In the study's
+# personalised worlds p(x) also depends on a user × video affinity that 3 epochs learn in part.)
+LEARNABLE_WORLD: dict[str, Any] = dict(LEARNABLE_SIMULATOR_SETTINGS)
+TEST_RANKER = RankerConfig().merged(LEARNABLE_RANKER)
 WLR_FAMILY = ("wlr", "wlr-resample", "wlr-exact", "wlr-corrected")
 
 
@@ -385,11 +380,11 @@ def test_requirement_checks_use_the_theory_amount_and_five_percent() -> None:
             fake_run("simulator@0.01", "poisson", 0, mean_ratio_truth=0.5)]
     worlds = {"simulator@0.44": {"theory_ratio": {"mean": 2.5}}}
     checks = {c["name"]: c for c in requirement_checks(summarise_runs(runs), worlds, DEFAULT_METHODS)}
-    wlr = checks["CTR 0.44: wlr over-predicts by the theory amount (within 10%)"]
+    wlr = checks["simulator, CTR 0.44: wlr over-predicts by the theory amount (within 10%)"]
     # Measured 1.30 vs theory 1.50: off by 0.20 > 0.15 = 10% of 1.50.
     assert (wlr["measured"], wlr["target"], wlr["tolerance"], wlr["passes"]) == pytest.approx((1.3, 1.5, 0.15, False))
-    assert not checks["CTR 0.44: wlr-exact mean within ±5% of the truth"]["passes"]
-    assert checks["CTR 0.01: wlr-resample mean within ±5% of the truth"]["passes"]
+    assert not checks["simulator, CTR 0.44: wlr-exact mean within ±5% of the truth"]["passes"]
+    assert checks["simulator, CTR 0.01: wlr-resample mean within ±5% of the truth"]["passes"]
     assert not any("poisson" in name for name in checks)  # only the WLR family is held to it
 
 
@@ -403,6 +398,9 @@ def test_quick_fills_only_what_is_not_given() -> None:
     assert quick.seeds == [0, 1] and quick.epochs == 3
     assert quick.simulator.click_rates == [0.2]
     assert quick.simulator.settings["n_users"] == 300
+    assert quick.learnable.click_rates == [0.01, 0.44]
+    assert quick.learnable.settings == LEARNABLE_SIMULATOR_SETTINGS
+    assert [name for name, _ in quick.families()] == ["learnable", "simulator"]
     assert quick.kuairand_seeds() == [0]
     assert [m.label for m in quick.kuairand_methods()] == ["wlr", "wlr-resample", "wlr-exact", "wlr-corrected",
                                                            "poisson"]
@@ -420,6 +418,10 @@ def test_ranker_config_is_the_rankers_defaults_plus_overrides() -> None:
     assert ranker.train.lr == 0.005
     assert ranker.model.hidden == RankerConfig().model.hidden
     assert config.budget_epochs() == RankerConfig().train.epochs
+    # The learnable family adds its own overrides on top of the study's.
+    learnable = config.family_ranker_config(config.learnable)
+    assert learnable.train.lr == 0.005 and learnable.model.hidden == [32]
+    assert config.family_ranker_config(config.simulator).model.hidden == RankerConfig().model.hidden
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -431,6 +433,7 @@ def test_ranker_config_is_the_rankers_defaults_plus_overrides() -> None:
     (["simulator.click_rates=[0.0]"], "in \\(0, 1\\)"),
     (['kuairand.methods=["nope"]'], "not labels"),
     (["seeds=[]"], "at least one seed"),
+    (['learnable.ranker={"model.hiden": [3]}'], "hiden"),
 ])
 def test_bad_configs_fail_at_load_naming_the_field(overrides: list[str], message: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=message):
@@ -449,6 +452,7 @@ def test_study_end_to_end_writes_report_plots_and_resumes(tmp_path: Path, monkey
         "ranker": {"model.hidden": [8], "features.groups": ["ids", "context"]},
         "simulator": {"click_rates": [0.44], "learning_curve_click_rates": [0.44],
                       "settings": {"n_users": 60, "n_videos": 120, "n_days": 14}},
+        "learnable": {"enabled": False},
         "kuairand": {"enabled": False},
     }
     config = WlrMethodsConfig.load(None, overrides)
@@ -468,6 +472,18 @@ def test_study_end_to_end_writes_report_plots_and_resumes(tmp_path: Path, monkey
     monkeypatch.setattr(wlr_methods, "train_method", no_training)
     again = run_wlr_methods(config, tmp_path)
     assert [r["metrics"] for r in again["runs"]] == [r["metrics"] for r in results["runs"]]
-    # A changed config does not reuse them.
+    # A changed budget does not reuse them.
     with pytest.raises(AssertionError, match="trained again"):
         run_wlr_methods(config.model_copy(update={"epochs": 2}), tmp_path)
+    # One more method trains that method only (runs are fingerprinted one by one).
+    trained: list[str] = []
+
+    def count(world: PreparedWorld, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        trained.append(method.label)
+        return train_method(world, method, *args, **kwargs)
+
+    monkeypatch.setattr(wlr_methods, "train_method", count)
+    wider = WlrMethodsConfig.load(None, overrides | {"methods": overrides["methods"] + [
+        {"label": "poisson", "objective": "poisson"}]})
+    assert len(run_wlr_methods(wider, tmp_path)["runs"]) == 3
+    assert trained == ["poisson"]

@@ -21,16 +21,23 @@ times the true mean — a relative bias of theory ratio − 1, which is p/(1−p
 and more when p varies, because the items with the highest click rate carry both the largest
 E[T] and the largest factor. :func:`wlr_theory_ratio` computes it.
 
-**Design.** A *world* is one dataset: a simulator log (one click rate × one seed), or the
-KuaiRand split. Its features (the ranker's own pipeline, leak-free history) are fitted once on
-the training days minus the validation day, exactly as :func:`ytdnn.training.ranker.train_ranker`
-does; then every method is trained on it with the ranker's network (``RankerConfig()`` defaults
-plus ``config.ranker`` overrides), the same initialisation seed, and the **same budget of
-examples seen**: ``epochs`` × training rows, counted after resampling's expansion (its c = k/ΣT
-makes the expected expanded size equal the source size). Early stopping is off so every method
-spends the whole budget; the best epoch by the ranker's early-stopping metric (the validation
-weighted per-user loss) is restored, as the ranker job does. Simulator worlds differ by seed
-(the simulator's and the training seed are the same number), KuaiRand runs by training seed.
+**Design.** A *world* is one dataset: a simulator log (one family × click rate × seed), or the
+KuaiRand split. Two simulator families: ``learnable`` worlds, whose p(x) and E[T|click, x]
+depend only on the video and the tab, with a small network — a model can reach the population
+optimum there, so they test the theory — and ``simulator`` worlds, personalised (a user × video
+affinity) and trained with the ranker's own network and features — what the product's training
+gives. A world's features (the ranker's pipeline, leak-free history) are fitted once on the
+training days minus the validation day, exactly as :func:`ytdnn.training.ranker.train_ranker`
+does; then every method is trained on it with the network of ``RankerConfig()`` defaults plus
+``config.ranker`` (and the family's) overrides, the same initialisation seed, and the **same
+budget of examples seen**: ``epochs`` × training rows, counted after resampling's expansion (its
+c = k/ΣT makes the expected expanded size equal the source size). Early stopping is off so every
+method spends the whole budget; the best epoch by the ranker's early-stopping metric (the
+validation weighted per-user loss) is restored, as the ranker job does. Simulator worlds differ
+by seed (the simulator's and the training seed are the same number), KuaiRand runs by training
+seed. Each model is scored as trained, after :func:`refit_output_bias` on the training rows (the
+objective's optimum over the overall level: ``refit_`` metrics), and with its served value times
+the held-out mean-matching constant (``recal_`` metrics).
 
 **Measured on the test days** (date ≥ ``test_start``), per run:
 
@@ -54,8 +61,9 @@ Everything is written under ``out``: ``<stem>.md`` (the report), ``<stem>_result
 (every run, the per-world facts, the summaries and the checks), and the plots
 ``<stem>_bias_vs_ctr.png``, ``<stem>_learning_curves.png`` and
 ``<stem>_kuairand_calibration.png``; ``<stem>`` is ``wlr_methods`` (``wlr_methods_quick`` with
-``--quick``). The results file is rewritten after every run, and a rerun with the same config
-resumes from it (``resume = false`` starts afresh).
+``--quick``). The results file is rewritten after every run; a rerun reuses every stored run whose
+fingerprint (world, ranker config, method, seed, budget) matches, so changing part of the config
+retrains only that part (``resume = false`` starts afresh).
 """
 
 from __future__ import annotations
@@ -97,11 +105,13 @@ from ytdnn.models.ranking import RankingNet
 from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, make_objective
 from ytdnn.training.ranker import WEIGHTED_PER_USER_LOSS, RankerConfig, page_ids
 from ytdnn.training.trainer import VALIDATION_LOSS, MetricFn, Trainer, predict_outputs, torch_threads
-from ytdnn.utils.io import atomic_write_json, atomic_write_text, atomic_write_with, read_json
+from ytdnn.utils.io import atomic_write_text, atomic_write_with, read_json
 
 __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_SIMULATOR_SETTINGS",
+    "LEARNABLE_RANKER",
+    "LEARNABLE_SIMULATOR_SETTINGS",
     "DEFAULT_CRITERIA",
     "KuaiRandStudy",
     "MethodSpec",
@@ -120,11 +130,15 @@ __all__ = [
     "summarise_runs",
     "train_method",
     "wlr_theory_ratio",
+    "with_label_noise_removed",
 ]
 
 RESULTS_FORMAT = "ytdnn-wlr-methods-v1"
 KUAIRAND = "kuairand"
 SIMULATOR = "simulator"
+"""The family of personalised simulator worlds, trained with the ranker's own network."""
+LEARNABLE = "learnable"
+"""The family of simulator worlds whose p(x) the network can learn (the theory at the optimum)."""
 REFERENCE_METHOD = "wlr"
 REFIT_PREFIX = "refit_"
 """Metrics of the model after :func:`refit_output_bias` carry this prefix."""
@@ -205,11 +219,25 @@ DEFAULT_SIMULATOR_SETTINGS: dict[str, Any] = {
     "trend_click_weight": 0.0,
 }
 
+LEARNABLE_SIMULATOR_SETTINGS: dict[str, Any] = {
+    # p(x) and E[T | click, x] depend only on what the network sees — the video (its id and
+    # duration) and the tab — and every video is shown often (uniform exposure, 100 videos, each
+    # ~800 times in training), so a trained model can reach the population optimum and the theory
+    # applies to what it learns.
+    "n_users": 400, "n_videos": 100, "n_days": 14, "impressions_per_user_day": 20.0,
+    "taste_strength": 0.0, "hour_click_amplitude": 0.0, "trend_click_weight": 0.0, "popularity_skew": 0.0,
+    "popularity_drift": 0.0, "item_effect_std": 0.7, "tab_click_effect": 1.0, "watch_sigma": 0.5,
+    "duration_sigma": 0.3, "tokens_per_impression": 0.0,
+}
+LEARNABLE_RANKER: dict[str, Any] = {"model.hidden": [32], "features.groups": ["ids", "context", "video_stats"]}
+"""The learnable worlds' network: small, and only the features p(x) depends on (plus ids)."""
+
 _QUICK_DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1],
     "epochs": 3,
+    "learnable": {"click_rates": [0.01, 0.44], "learning_curve_click_rates": [0.44]},
     "simulator": {
-        "click_rates": [0.01, 0.44],
+        "click_rates": [0.44],
         "learning_curve_click_rates": [0.44],
         "settings": DEFAULT_SIMULATOR_SETTINGS | {"n_users": 300, "n_videos": 300},
     },
@@ -221,7 +249,7 @@ def _merge_under(defaults: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[s
     """``tree`` with ``defaults`` filled in where it has no value (recursively for sections)."""
     out = dict(defaults)
     for key, value in tree.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "settings":
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key not in ("settings", "ranker"):
             out[key] = _merge_under(out[key], value)
         else:
             out[key] = value
@@ -229,7 +257,7 @@ def _merge_under(defaults: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[s
 
 
 class SimulatorStudy(BaseModel):
-    """The simulator part: one world per (click rate, seed)."""
+    """One family of simulator worlds: one world per (click rate, seed), all with ``settings``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -240,6 +268,8 @@ class SimulatorStudy(BaseModel):
                                      description="SimulatorConfig fields (all but target_click_rate and seed)")
     learning_curve_click_rates: list[float] = Field(default_factory=lambda: [0.05, 0.44],
                                                     description="click rates whose learning curves are plotted")
+    ranker: dict[str, Any] = Field(default_factory=dict,
+                                   description="dotted RankerConfig overrides for these worlds, over the study's")
 
     @field_validator("click_rates")
     @classmethod
@@ -277,8 +307,9 @@ class KuaiRandStudy(BaseModel):
 
 class WlrMethodsConfig(JobConfig):
     """Config of ``ytdnn experiment wlr-methods``. ``quick = true`` fills every value not given with
-    a small setting (2 seeds, 3 epochs, click rates 0.01 and 0.44, 300 simulated users and videos,
-    KuaiRand with 1 seed and 5 methods) that finishes in minutes on two cores."""
+    a small setting (2 seeds, 3 epochs; learnable worlds at click rates 0.01 and 0.44, personalised
+    worlds at 0.44 with 300 users and videos; KuaiRand with 1 seed and 5 methods) that finishes in
+    minutes on two cores."""
 
     quick: bool = False
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="seeds (worlds and training)")
@@ -286,7 +317,12 @@ class WlrMethodsConfig(JobConfig):
     epochs: int | None = Field(None, ge=1, description="budget in epochs of the training rows; None = the ranker's")
     ranker: dict[str, Any] = Field(default_factory=dict,
                                    description="dotted overrides of RankerConfig() (e.g. 'train.lr': 0.002)")
-    simulator: SimulatorStudy = Field(default_factory=SimulatorStudy)
+    learnable: SimulatorStudy = Field(
+        default_factory=lambda: SimulatorStudy(settings=dict(LEARNABLE_SIMULATOR_SETTINGS),
+                                               ranker=dict(LEARNABLE_RANKER)),
+        description="worlds whose p(x) the network can learn: the theory at the optimum")
+    simulator: SimulatorStudy = Field(default_factory=SimulatorStudy,
+                                      description="personalised worlds and the ranker's own network")
     kuairand: KuaiRandStudy = Field(default_factory=KuaiRandStudy)
     ndcg_k: int = Field(10, ge=1)
     recalibration_min_validation_clicks: int = Field(1000, ge=1, description="clicks the validation day needs to "
@@ -296,12 +332,18 @@ class WlrMethodsConfig(JobConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _quick_defaults(cls, tree: Any) -> Any:
-        if isinstance(tree, dict) and tree.get("quick") in (True, "true", "True", 1):
+    def _fill_defaults(cls, tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return tree
+        if tree.get("quick") in (True, "true", "True", 1):
             defaults = _QUICK_DEFAULTS
             if "methods" in tree:  # the quick KuaiRand subset names default labels; keep the user's list whole
                 defaults = defaults | {"kuairand": {k: v for k, v in defaults["kuairand"].items() if k != "methods"}}
-            return _merge_under(defaults, tree)
+            tree = _merge_under(defaults, tree)
+        if isinstance(tree.get("learnable"), Mapping):
+            # A partial learnable section keeps the learnable world and network, not SimulatorStudy's defaults.
+            tree = tree | {"learnable": _merge_under({"settings": dict(LEARNABLE_SIMULATOR_SETTINGS),
+                                                      "ranker": dict(LEARNABLE_RANKER)}, tree["learnable"])}
         return tree
 
     @field_validator("seeds")
@@ -324,12 +366,23 @@ class WlrMethodsConfig(JobConfig):
             unknown = sorted(set(self.kuairand.methods) - set(labels))
             if unknown:
                 raise ValueError(f"kuairand.methods: {unknown} are not labels of methods {labels}")
-        self.ranker_config()  # bad ranker overrides fail at load time
+        for _, study in self.families():  # bad ranker overrides fail at load time
+            self.family_ranker_config(study)
         return self
 
     def ranker_config(self) -> RankerConfig:
         """``RankerConfig()`` — the ranker's current defaults — with ``ranker`` overrides applied."""
         return RankerConfig().merged(self.ranker) if self.ranker else RankerConfig()
+
+    def families(self) -> list[tuple[str, SimulatorStudy]]:
+        """The enabled simulator families, by name (the ``dataset`` of their worlds)."""
+        return [(name, study) for name, study in ((LEARNABLE, self.learnable), (SIMULATOR, self.simulator))
+                if study.enabled]
+
+    def family_ranker_config(self, study: SimulatorStudy) -> RankerConfig:
+        """The study's ranker config with the family's own overrides on top."""
+        base = self.ranker_config()
+        return base.merged(study.ranker) if study.ranker else base
 
     def budget_epochs(self) -> int:
         return self.epochs if self.epochs is not None else self.ranker_config().train.epochs
@@ -784,10 +837,28 @@ def train_method(world: PreparedWorld, method: MethodSpec, ranker_config: Ranker
 # ---------------------------------------------------------------------------------------------
 
 
+def with_label_noise_removed(runs: Iterable[dict[str, Any]], worlds: Mapping[str, Mapping[str, Any]]
+                             ) -> list[dict[str, Any]]:
+    """Runs whose metrics gain ``*mean_ratio_truth_net``: the served/true ratio divided by the world's
+    ``train_label_ratio`` (training labels' mean over the truth's) — the objective's own bias, net
+    of the sampling noise of the world's draw that every model inherits (±5% per seed at CTR 1%)."""
+    out = []
+    for run in runs:
+        label_ratio = worlds.get(run["world"], {}).get("train_label_ratio")
+        metrics = dict(run["metrics"])
+        if label_ratio:
+            for prefix in ("", REFIT_PREFIX):
+                value = metrics.get(f"{prefix}mean_ratio_truth")
+                if value is not None and math.isfinite(value):
+                    metrics[f"{prefix}mean_ratio_truth_net"] = value / label_ratio
+        out.append(dict(run) | {"metrics": metrics})
+    return out
+
+
 def group_key(record: Mapping[str, Any]) -> str:
-    """The world without its seed: ``simulator@0.44`` or ``kuairand``."""
-    if record["dataset"] == SIMULATOR:
-        return f"{SIMULATOR}@{record['click_rate']:g}"
+    """The world without its seed: ``simulator@0.44``, ``learnable@0.01`` or ``kuairand``."""
+    if record.get("click_rate") is not None:
+        return f"{record['dataset']}@{record['click_rate']:g}"
     return str(record["dataset"])
 
 
@@ -922,26 +993,29 @@ def choose_default(group_summary: Mapping[str, Mapping[str, Any]], reference: st
 
 
 def requirement_checks(summary: Mapping[str, Mapping[str, Any]], worlds: Mapping[str, Mapping[str, Any]],
-                       methods: Sequence[MethodSpec], *, prefix: str = "") -> list[dict[str, Any]]:
+                       methods: Sequence[MethodSpec], *, prefix: str = "",
+                       family: str = SIMULATOR) -> list[dict[str, Any]]:
     """The issue's simulator requirements, judged on the study's own numbers (means across seeds).
 
     - CTR 0.44: plain WLR's relative over-prediction of the mean is within 10% of the theory's
       (theory ratio − 1, from the world's own truth);
     - CTR 0.44: ``wlr-exact`` and ``wlr-corrected`` serve a mean within ±5% of the true mean;
-    - CTR 0.01: every WLR-family method serves a mean within ±5% of the true mean.
+    - CTR 0.01: every WLR-family method serves a mean within ±5% of the true mean; also net of
+      the labels' own sampling noise (``*_net``, see :func:`with_label_noise_removed`).
 
-    ``prefix`` = :data:`REFIT_PREFIX` judges the models after the output-bias refit. A check whose
-    click rate or method was not run is left out.
+    ``prefix`` = :data:`REFIT_PREFIX` judges the models after the output-bias refit; ``family``
+    names the simulator family. A check whose click rate or method was not run is left out.
     """
     checks: list[dict[str, Any]] = []
     variant = "after bias refit" if prefix else "as trained"
     metric = f"{prefix}mean_ratio_truth"
 
     def add(name: str, measured: float, target: float, tolerance: float) -> None:
-        checks.append({"name": name, "variant": variant, "measured": measured, "target": target,
+        checks.append({"name": f"{family}, {name}", "family": family, "variant": variant, "measured": measured,
+                       "target": target,
                        "tolerance": tolerance, "passes": abs(measured - target) <= tolerance})
 
-    high = f"{SIMULATOR}@0.44"
+    high = f"{family}@0.44"
     if high in summary and high in worlds:
         amount = float(worlds[high]["theory_ratio"]["mean"]) - 1.0
         for method in methods:
@@ -953,12 +1027,16 @@ def requirement_checks(summary: Mapping[str, Mapping[str, Any]], worlds: Mapping
                     amount, 0.1 * amount)
             elif method.objective in ("wlr-exact", "wlr-corrected"):
                 add(f"CTR 0.44: {method.label} mean within ±5% of the truth", ratio, 1.0, 0.05)
-    low = f"{SIMULATOR}@0.01"
+    low = f"{family}@0.01"
     if low in summary:
         for method in methods:
             if method.is_wlr_family and method.label in summary[low]:
                 add(f"CTR 0.01: {method.label} mean within ±5% of the truth",
                     _mean(summary[low][method.label], metric), 1.0, 0.05)
+                net = _mean(summary[low][method.label], f"{metric}_net")
+                if math.isfinite(net):
+                    add(f"CTR 0.01: {method.label} mean within ±5% of the truth, net of the labels' own noise",
+                        net, 1.0, 0.05)
     return checks
 
 
@@ -1000,37 +1078,111 @@ def _run_key(world_key: str, seed: int, label: str) -> str:
     return f"{world_key}|seed={seed}|{label}"
 
 
-class _RunStore:
-    """Finished runs and prepared-world facts, written to the results file after every run."""
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any], resume: bool) -> None:
+
+class _RunStore:
+    """Finished runs and prepared-world facts, written to the results file after every run.
+
+    Every run and world carries a fingerprint (a hash of everything that determines it: the
+    world's data settings, the resolved ranker config, the method, the seed, the budget); a rerun
+    reuses a stored run only when its fingerprint matches, so changing one part of the config
+    (another family, another method) retrains only what it changes.
+    """
+
+    def __init__(self, path: Path, config: dict[str, Any], resume: bool) -> None:
         self.path = path
-        self.fingerprint = fingerprint
-        self.digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        self.config = config
         self.runs: dict[str, dict[str, Any]] = {}
         self.worlds: dict[str, dict[str, Any]] = {}
+        self.wanted_runs: set[str] = set()
+        self.wanted_worlds: set[str] = set()
         if resume and path.is_file():
             try:
                 payload = read_json(path)
             except (OSError, json.JSONDecodeError):
                 payload = {}
-            if payload.get("format") == RESULTS_FORMAT and payload.get("fingerprint_sha256") == self.digest:
-                self.runs = {_run_key(r["world"], r["seed"], r["method"]): r for r in payload.get("runs", [])}
-                self.worlds = {w["key"]: w for w in payload.get("worlds", [])}
+            if payload.get("format") == RESULTS_FORMAT:
+                self.runs = {_run_key(r["world"], r["seed"], r["method"]): r for r in payload.get("runs", [])
+                             if "fingerprint" in r}
+                self.worlds = {w["key"]: w for w in payload.get("worlds", []) if "fingerprint" in w}
 
-    def has(self, world_key: str, seed: int, label: str) -> bool:
-        return _run_key(world_key, seed, label) in self.runs
+    def want(self, world_key: str, world_fingerprint: str, seed: int, label: str, fingerprint: str) -> bool:
+        """Mark the run as part of this study; True when a matching run is already stored."""
+        key = _run_key(world_key, seed, label)
+        self.wanted_runs.add(key)
+        self.wanted_worlds.add(world_key)
+        world = self.worlds.get(world_key)
+        run = self.runs.get(key)
+        return (run is not None and run.get("fingerprint") == fingerprint and world is not None
+                and world.get("fingerprint") == world_fingerprint)
 
     def add(self, record: dict[str, Any]) -> None:
         self.runs[_run_key(record["world"], record["seed"], record["method"])] = record
 
-    def payload(self, complete: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {"format": RESULTS_FORMAT, "complete": complete, "fingerprint_sha256": self.digest,
-                "config": self.fingerprint, "worlds": list(self.worlds.values()), "runs": list(self.runs.values()),
-                **(extra or {})}
+    def current_runs(self) -> list[dict[str, Any]]:
+        return [run for key, run in self.runs.items() if key in self.wanted_runs]
 
-    def save(self, complete: bool = False, extra: Mapping[str, Any] | None = None) -> None:
-        atomic_write_json(self.path, self.payload(complete, extra))
+    def current_worlds(self) -> list[dict[str, Any]]:
+        return [world for key, world in self.worlds.items() if key in self.wanted_worlds]
+
+    def payload(self, complete: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        runs = self.current_runs() if complete else list(self.runs.values())
+        worlds = self.current_worlds() if complete else list(self.worlds.values())
+        return {"format": RESULTS_FORMAT, "complete": complete, "config": self.config, "worlds": worlds,
+                "runs": runs, **(extra or {})}
+
+    def save(self, complete: bool = False, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write the results file; return what was written (slimmed, rounded: see :func:`_compact`)."""
+        payload = self.payload(complete, extra)
+        payload["runs"] = [_slim_run(run) for run in payload["runs"]]
+        if "summary" in payload:
+            payload["summary"] = _file_summary(payload["summary"])
+        # Compact and rounded to 6 significant digits: ~500 runs stay a few MB, not tens.
+        written = _compact(payload)
+        atomic_write_text(self.path, json.dumps(written, separators=(",", ":")) + "\n")
+        return written
+
+
+KEPT_BINS = ("observed", f"{RECAL_PREFIX}observed")
+"""Calibration bins kept in the results file (the KuaiRand reliability plot's)."""
+SUMMARY_METRICS = frozenset({
+    "mean_ratio_truth", "relative_calibration_error_truth", "refit_mean_ratio_truth",
+    "refit_relative_calibration_error_truth", "mean_ratio_truth_net", "refit_mean_ratio_truth_net",
+    "recal_mean_ratio_truth", "ndcg_truth", "odds_mean_ratio_truth", "mean_ratio", "relative_calibration_error",
+    "recal_mean_ratio", "recal_relative_calibration_error", "refit_mean_ratio", "refit_relative_calibration_error",
+    "odds_mean_ratio", "weighted_per_user_loss", "xauc", "xauc_clicked", "xgauc", "gauc", "rmse", "rmse_truth",
+    "seconds", "seconds_per_epoch", "best_epoch"})
+"""Metrics whose across-seed summary goes into the results file (every run keeps all of its metrics)."""
+
+
+def _slim_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    bins = run.get("calibration_bins", {})
+    return dict(run) | {"calibration_bins": {key: value for key, value in bins.items() if key in KEPT_BINS}}
+
+
+def _file_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    def keep(name: str) -> bool:
+        return name in SUMMARY_METRICS or name == "seeds" or "by_odds_" in name
+
+    return {group: {method: {name: stats for name, stats in metrics.items() if keep(name)}
+                    for method, metrics in methods.items()} for group, methods in summary.items()}
+
+
+def _compact(value: Any) -> Any:
+    """JSON-ready copy: floats to 6 significant digits, NaN/inf to null, NumPy values to Python ones."""
+    if isinstance(value, Mapping):
+        return {str(key): _compact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compact(item) for item in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return _compact(value.tolist())
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1043,21 +1195,28 @@ def _say(config: WlrMethodsConfig, message: str) -> None:
         print(f"[wlr-methods {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _simulator_config(config: WlrMethodsConfig, click_rate: float, seed: int) -> SimulatorConfig:
-    return SimulatorConfig(**config.simulator.settings, target_click_rate=click_rate, seed=seed)
-
-
 def _run_world(config: WlrMethodsConfig, store: _RunStore, ranker_config: RankerConfig, methods: list[MethodSpec],
                key: str, seeds: list[int], load: Callable[[], InteractionData], *, dataset: str,
-               click_rate: float | None = None, world_seed: int | None = None) -> None:
+               data_settings: Mapping[str, Any], click_rate: float | None = None,
+               world_seed: int | None = None) -> None:
     """Prepare one world (unless every run of it is stored) and train every missing (seed, method) on it."""
-    missing = [(seed, m) for seed in seeds for m in methods if not store.has(key, seed, m.label)]
+    world_fingerprint = _digest({"dataset": dataset, "data": data_settings, "click_rate": click_rate,
+                                 "world_seed": world_seed, "ranker": ranker_config.model_dump(mode="json"),
+                                 "ndcg_k": config.ndcg_k})
+    budget = {"epochs": config.budget_epochs(), "recalibration_min_validation_clicks":
+              config.recalibration_min_validation_clicks}
+    fingerprints = {(seed, m.label): _digest({"world": world_fingerprint, "method": m.model_dump(mode="json"),
+                                              "seed": seed, "budget": budget})
+                    for seed in seeds for m in methods}
+    missing = [(seed, m) for seed in seeds for m in methods
+               if not store.want(key, world_fingerprint, seed, m.label, fingerprints[(seed, m.label)])]
     if not missing:
         return
     started = time.perf_counter()
     world = prepare_world(load(), ranker_config, key=key, dataset=dataset, click_rate=click_rate, seed=world_seed)
     world_info = dict(world.info) | {"reference": reference_scores(world.test_labels, config.ndcg_k),
-                                     "prepare_seconds": time.perf_counter() - started}
+                                     "prepare_seconds": time.perf_counter() - started,
+                                     "fingerprint": world_fingerprint}
     store.worlds[key] = world_info
     _say(config, f"{key}: {world.info['n_train']} train / {world.info['n_test']} test rows, prepared in "
                  f"{world_info['prepare_seconds']:.1f}s")
@@ -1065,6 +1224,7 @@ def _run_world(config: WlrMethodsConfig, store: _RunStore, ranker_config: Ranker
         record = train_method(world, method, ranker_config, seed=seed, epochs=config.budget_epochs(),
                               ndcg_k=config.ndcg_k,
                               min_recalibration_validation_clicks=config.recalibration_min_validation_clicks)
+        record["fingerprint"] = fingerprints[(seed, method.label)]
         store.add(record)
         store.save()
         m = record["metrics"]
@@ -1075,58 +1235,60 @@ def _run_world(config: WlrMethodsConfig, store: _RunStore, ranker_config: Ranker
 
 
 def run_wlr_methods(config: WlrMethodsConfig, out: str | Path) -> dict[str, Any]:
-    """Run the study; write the report, the plots and the results JSON under ``out``; return the results."""
+    """Run the study; write the report, the plots and the results JSON under ``out``; return the
+    results as written to the JSON file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = config.file_stem()
     ranker_config = config.ranker_config()
-    fingerprint = {"study": config.model_dump(mode="json", exclude={"resume", "progress"}),
-                   "ranker": ranker_config.model_dump(mode="json"), "budget_epochs": config.budget_epochs()}
-    store = _RunStore(out / f"{stem}_results.json", fingerprint, config.resume)
+    store = _RunStore(out / f"{stem}_results.json",
+                      {"study": config.model_dump(mode="json", exclude={"resume", "progress"}),
+                       "ranker": ranker_config.model_dump(mode="json"), "budget_epochs": config.budget_epochs()},
+                      config.resume)
     if store.runs:
-        _say(config, f"resuming: {len(store.runs)} finished runs in {store.path}")
+        _say(config, f"{len(store.runs)} stored runs in {store.path}; those of this config are reused")
     started = time.perf_counter()
-    seconds_before = float(sum(r["training"]["seconds"] for r in store.runs.values()))
+    trained_before = set(store.runs)
 
     with torch_threads(1):  # one thread per process: the machine is shared (see Trainer's docstring)
         # KuaiRand first: the choice of the default rests on it.
         if config.kuairand.enabled:
-            methods = config.kuairand_methods()
-            seeds = config.kuairand_seeds()
-            _run_world(config, store, ranker_config, methods, KUAIRAND, seeds,
+            _run_world(config, store, ranker_config, config.kuairand_methods(), KUAIRAND, config.kuairand_seeds(),
                        lambda: load_dataset(config.kuairand.dataset, config.kuairand.data_dir,
                                             on_bad_rows=ranker_config.data.on_bad_rows),
-                       dataset=KUAIRAND)
-
-        if config.simulator.enabled:
-            for click_rate in config.simulator.click_rates:
+                       dataset=KUAIRAND, data_settings={"dataset": config.kuairand.dataset,
+                                                        "data_dir": config.kuairand.data_dir})
+        for family, study in config.families():
+            family_ranker = config.family_ranker_config(study)
+            for click_rate in study.click_rates:
                 for seed in config.seeds:
-                    sim_config = _simulator_config(config, click_rate, seed)
-                    _run_world(config, store, ranker_config, list(config.methods),
-                               f"{SIMULATOR}@{click_rate:g}/seed={seed}", [seed],
-                               lambda c=sim_config: simulate(c), dataset=SIMULATOR, click_rate=click_rate,
+                    sim_config = SimulatorConfig(**study.settings, target_click_rate=click_rate, seed=seed)
+                    _run_world(config, store, family_ranker, list(config.methods),
+                               f"{family}@{click_rate:g}/seed={seed}", [seed], lambda c=sim_config: simulate(c),
+                               dataset=family, data_settings=study.settings, click_rate=click_rate,
                                world_seed=seed)
-    runs = list(store.runs.values())
+    runs = with_label_noise_removed(store.current_runs(), {w["key"]: w for w in store.current_worlds()})
     summary = summarise_runs(runs)
-    worlds = summarise_worlds(store.worlds.values())
+    worlds = summarise_worlds(store.current_worlds())
     curves = learning_curves(runs)
-    checks = (requirement_checks(summary, worlds, config.methods)
-              + requirement_checks(summary, worlds, config.methods, prefix=REFIT_PREFIX))
+    checks = [check for family, _ in config.families() for prefix in ("", REFIT_PREFIX)
+              for check in requirement_checks(summary, worlds, config.methods, prefix=prefix, family=family)]
     default = (choose_default(default_candidates(summary[KUAIRAND]))
                if KUAIRAND in summary and REFERENCE_METHOD in summary[KUAIRAND] else None)
     wall_s = time.perf_counter() - started
     extra = {"summary": summary, "world_summary": worlds, "learning_curves": curves, "checks": checks,
              "default": default, "wall_seconds_this_invocation": wall_s,
              "training_seconds_total": float(sum(r["training"]["seconds"] for r in runs)),
-             "training_seconds_resumed": seconds_before,
+             "runs_reused": sum(1 for key in store.wanted_runs if key in trained_before),
              "environment": {"python": platform.python_version(), "torch": torch.__version__,
                              "machine": platform.machine(), "threads": 1}}
     figures = write_plots(out, stem, config, summary, worlds, curves, runs)
-    report = render_report(config, ranker_config, summary, worlds, checks, default, figures, wall_s, runs)
+    report = render_report(config, ranker_config, summary, worlds, checks, default, figures, wall_s, runs,
+                           extra["runs_reused"])
     atomic_write_text(out / f"{stem}.md", report)
-    store.save(complete=True, extra=extra | {"figures": figures})
+    written = store.save(complete=True, extra=extra | {"figures": figures})
     _say(config, f"wrote {out / (stem + '.md')} and {store.path} in {wall_s:.0f}s")
-    return store.payload(True, extra | {"figures": figures})
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1156,54 +1318,60 @@ def _style(label: str, index: int) -> tuple[str, str, str]:
     return _STYLE.get(label, (f"C{index % 10}", "o", "-."))
 
 
-def _sim_groups(summary: Mapping[str, Any]) -> list[tuple[float, str]]:
-    groups = [(float(g.split("@", 1)[1]), g) for g in summary if g.startswith(f"{SIMULATOR}@")]
+FAMILY_TITLES = {LEARNABLE: "learnable worlds (p(x) learnable; small network)",
+                 SIMULATOR: "personalised worlds (the ranker's network)"}
+
+
+def _sim_groups(summary: Mapping[str, Any], family: str = SIMULATOR) -> list[tuple[float, str]]:
+    groups = [(float(g.split("@", 1)[1]), g) for g in summary if g.startswith(f"{family}@")]
     return sorted(groups)
 
 
 def plot_bias_vs_ctr(path: Path, summary: Mapping[str, Any], worlds: Mapping[str, Any],
-                     methods: Sequence[MethodSpec]) -> bool:
+                     methods: Sequence[MethodSpec], families: Sequence[str] = (LEARNABLE, SIMULATOR)) -> bool:
     """Served mean / true mean against the click rate per method (mean ± sd over seeds), as trained and
-    after the output-bias refit, with the theory curves."""
-    groups = _sim_groups(summary)
-    if not groups:
+    after the output-bias refit, with the theory curves; one row per simulator family."""
+    rows = [(family, _sim_groups(summary, family)) for family in families]
+    rows = [(family, groups) for family, groups in rows if groups]
+    if not rows:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), dpi=105, sharey=True)
-    rates = [float(worlds[g]["test_click_rate"]["mean"]) for _, g in groups]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(14, 4.6 * len(rows)), dpi=100, sharey=True, squeeze=False)
     offsets = np.linspace(-0.008, 0.008, max(1, len(methods)))
-    for ax, prefix, title in ((axes[0], "", "as trained (best epoch)"),
-                              (axes[1], REFIT_PREFIX, "after refitting the output bias on the training rows")):
-        for index, method in enumerate(methods):
-            xs, ys, errs = [], [], []
-            for (_, group), rate in zip(groups, rates):
-                stats = summary[group].get(method.label, {}).get(f"{prefix}mean_ratio_truth")
-                if stats and stats["mean"] is not None:
-                    xs.append(rate + offsets[index])
-                    ys.append(stats["mean"])
-                    errs.append(stats["sd"] or 0.0)
-            if xs:
-                color, marker, line = _style(method.label, index)
-                ax.errorbar(xs, ys, yerr=errs, color=color, marker=marker, linestyle=line, capsize=3, markersize=5,
-                            label=method.label, linewidth=1.2)
-        ax.plot(rates, [float(worlds[g]["theory_ratio"]["mean"]) for _, g in groups], color="black", linewidth=2.4,
-                marker="*", markersize=11, label="theory mean(E/(1-p))/mean(E), exact p(x)")
-        if all("per_video_theory_ratio" in worlds[g] for _, g in groups):
-            ax.plot(rates, [float(worlds[g]["per_video_theory_ratio"]["mean"]) for _, g in groups], color="black",
-                    linewidth=1.2, linestyle=":", label="theory with p known per video only")
-        grid = np.linspace(0.0, max(0.75, max(rates) + 0.05), 200)
-        ax.plot(grid, 1.0 / (1.0 - grid), color="grey", linestyle="--", label="1/(1-p): constant p")
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel("click rate of the test days")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel("mean served expected_watch_s / mean true E[T|x]")
-    handles, labels = axes[0].get_legend_handles_labels()
+    for row, (family, groups) in enumerate(rows):
+        rates = [float(worlds[g]["test_click_rate"]["mean"]) for _, g in groups]
+        for ax, prefix, title in ((axes[row][0], "", "as trained"),
+                                  (axes[row][1], REFIT_PREFIX, "bias refitted on the training rows")):
+            for index, method in enumerate(methods):
+                xs, ys, errs = [], [], []
+                for (_, group), rate in zip(groups, rates):
+                    stats = summary[group].get(method.label, {}).get(f"{prefix}mean_ratio_truth")
+                    if stats and stats["mean"] is not None:
+                        xs.append(rate + offsets[index])
+                        ys.append(stats["mean"])
+                        errs.append(stats["sd"] or 0.0)
+                if xs:
+                    color, marker, line = _style(method.label, index)
+                    ax.errorbar(xs, ys, yerr=errs, color=color, marker=marker, linestyle=line, capsize=3,
+                                markersize=5, label=method.label, linewidth=1.2)
+            ax.plot(rates, [float(worlds[g]["theory_ratio"]["mean"]) for _, g in groups], color="black",
+                    linewidth=2.4, marker="*", markersize=11, label="theory mean(E/(1-p))/mean(E), exact p(x)")
+            if all("per_video_theory_ratio" in worlds[g] for _, g in groups):
+                ax.plot(rates, [float(worlds[g]["per_video_theory_ratio"]["mean"]) for _, g in groups],
+                        color="black", linewidth=1.2, linestyle=":", label="theory with p known per video only")
+            grid = np.linspace(0.0, max(0.75, max(rates) + 0.05), 200)
+            ax.plot(grid, 1.0 / (1.0 - grid), color="grey", linestyle="--", label="1/(1-p): constant p")
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.set_xlabel("click rate of the test days")
+            ax.set_title(f"{family} worlds: {title}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.25)
+        axes[row][0].set_ylabel("mean served / mean true E[T|x]")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle("Bias of the served expected watch time vs click rate (simulator, test days; mean ± sd over seeds)",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.8, 0.95))
+    fig.tight_layout(rect=(0, 0, 0.76, 0.97))
     _save(fig, path)
     plt.close(fig)
     return True
@@ -1247,7 +1415,7 @@ def plot_learning_curves(path: Path, curves: Mapping[str, Any], groups: Sequence
             ax.grid(True, alpha=0.25)
             ax.legend(fontsize=7)
     fig.suptitle("Learning curves: WLR by weighted gradient vs by resampling (mean ± sd over seeds)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.35 / (3.3 * len(groups))))
     _save(fig, path)
     plt.close(fig)
     return True
@@ -1297,9 +1465,10 @@ def write_plots(out: Path, stem: str, config: WlrMethodsConfig, summary: Mapping
     """Write every plot the data allows; return ``{name: file name}`` of those written."""
     figures: dict[str, str] = {}
     bias = f"{stem}_bias_vs_ctr.png"
-    if plot_bias_vs_ctr(out / bias, summary, worlds, config.methods):
+    if plot_bias_vs_ctr(out / bias, summary, worlds, config.methods, [family for family, _ in config.families()]):
         figures["bias_vs_ctr"] = bias
-    curve_groups = [f"{SIMULATOR}@{rate:g}" for rate in config.simulator.learning_curve_click_rates] + [KUAIRAND]
+    curve_groups = [f"{family}@{rate:g}" for family, study in config.families()
+                    for rate in study.learning_curve_click_rates] + [KUAIRAND]
     learning = f"{stem}_learning_curves.png"
     if plot_learning_curves(out / learning, curves, curve_groups, config.methods):
         figures["learning_curves"] = learning
@@ -1371,30 +1540,30 @@ def _findings(config: WlrMethodsConfig, summary: Mapping[str, Any], worlds: Mapp
               default: Mapping[str, Any] | None) -> list[str]:
     """The headline numbers, computed from the results (so they stay true when the report is regenerated)."""
     lines = ["## Findings", ""]
-    sim_groups = _sim_groups(summary)
-    wlr_rows = []
-    for rate, group in sim_groups:
-        wlr = summary[group].get(REFERENCE_METHOD, {})
-        theory = worlds.get(group, {}).get("theory_ratio")
-        if wlr and theory:
-            wlr_rows.append(f"{rate:g}: {_fmt(wlr.get('refit_mean_ratio_truth'), 2)}× (theory "
-                            f"{_fmt(theory, 2)}×, as trained {_fmt(wlr.get('mean_ratio_truth'), 2)}×)")
-    if wlr_rows:
-        lines.append("- **Plain WLR's e^(Wx+b) over-predicts E[T] by the factor the theory gives** (served/true mean "
-                     "with the bias at the objective's optimum, by target click rate): " + "; ".join(wlr_rows) + ".")
-    exact_rows = []
-    for rate, group in sim_groups:
-        cells = [f"{label} {_fmt(summary[group][label].get('refit_mean_ratio_truth'), 3)}"
-                 for label in ("wlr-exact", "wlr-corrected", "poisson") if label in summary[group]]
-        if cells:
-            exact_rows.append(f"{rate:g}: " + ", ".join(cells))
-    if exact_rows:
-        lines.append("- **Objectives whose optimum is E[T|x] serve the true mean** (served/true, bias refit): "
-                     + "; ".join(exact_rows) + ".")
+    for family, prefix, how in ((LEARNABLE, REFIT_PREFIX, "learnable worlds, bias at the objective's optimum"),
+                                (SIMULATOR, "", "personalised worlds, the ranker's network as trained")):
+        rows = []
+        for rate, group in _sim_groups(summary, family):
+            wlr = summary[group].get(REFERENCE_METHOD, {})
+            theory = worlds.get(group, {}).get("theory_ratio")
+            if wlr and theory:
+                rows.append(f"{rate:g}: {_fmt(wlr.get(f'{prefix}mean_ratio_truth'), 2)}× (theory {_fmt(theory, 2)}×)")
+        if rows:
+            lines.append(f"- **Plain WLR's e^(Wx+b) / true E[T]** ({how}), by click rate: " + "; ".join(rows) + ".")
+        rows = []
+        for rate, group in _sim_groups(summary, family):
+            cells = [f"{label} {_fmt(summary[group][label].get(f'{prefix}mean_ratio_truth'), 3)}"
+                     for label in ("wlr-exact", "wlr-corrected", "poisson") if label in summary[group]]
+            if cells:
+                rows.append(f"{rate:g}: " + ", ".join(cells))
+        if rows:
+            lines.append(f"- **Served / true mean of the objectives whose optimum is E[T|x]** ({how}): "
+                         + "; ".join(rows) + ".")
     resample = [m.label for m in config.methods if m.objective == "wlr-resample"]
-    if resample and sim_groups:
+    groups = [g for family, _ in config.families() for _, g in _sim_groups(summary, family)]
+    if resample and groups:
         deltas, ndcg, seconds = [], [], []
-        for _, group in sim_groups:
+        for group in groups:
             for label in resample:
                 if label in summary[group] and REFERENCE_METHOD in summary[group]:
                     deltas.append(_mean(summary[group][label], "refit_mean_ratio_truth")
@@ -1405,11 +1574,11 @@ def _findings(config: WlrMethodsConfig, summary: Mapping[str, Any], worlds: Mapp
                                    / _mean(summary[group][REFERENCE_METHOD], "seconds"))
         finite = [d for d in deltas if math.isfinite(d)]
         if finite:
-            lines.append(f"- **Resampling vs weighting** (simulator, all click rates, {', '.join(resample)} vs wlr): "
-                         f"served mean at the optimum differs by {100 * min(finite):+.1f}% to "
-                         f"{100 * max(finite):+.1f}%, NDCG@{config.ndcg_k} by {min(ndcg):+.4f} to {max(ndcg):+.4f}, "
-                         f"training time ×{min(seconds):.2f} to ×{max(seconds):.2f}. Same optimum; see the paired "
-                         "table and the learning curves for the differences along the way.")
+            lines.append(f"- **Resampling vs weighting** (every simulator world, {', '.join(resample)} vs wlr, means "
+                         f"across seeds): served mean with the bias at the optimum differs by "
+                         f"{100 * min(finite):+.1f}% "
+                         f"to {100 * max(finite):+.1f}%, NDCG@{config.ndcg_k} by {min(ndcg):+.4f} to {max(ndcg):+.4f}, "
+                         f"training time ×{min(seconds):.2f} to ×{max(seconds):.2f}.")
     if default is not None:
         if default["chosen"]:
             row = default["methods"][default["chosen"]]
@@ -1426,7 +1595,8 @@ def _findings(config: WlrMethodsConfig, summary: Mapping[str, Any], worlds: Mapp
 
 def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary: Mapping[str, Any],
                   worlds: Mapping[str, Any], checks: Sequence[Mapping[str, Any]], default: Mapping[str, Any] | None,
-                  figures: Mapping[str, str], wall_s: float, runs: Sequence[Mapping[str, Any]]) -> str:
+                  figures: Mapping[str, str], wall_s: float, runs: Sequence[Mapping[str, Any]],
+                  runs_reused: int = 0) -> str:
     methods = list(config.methods)
     command = "ytdnn experiment wlr-methods --out reports" + (" --quick" if config.quick else "")
     train = ranker_config.train
@@ -1449,43 +1619,50 @@ def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary
         "mean match** — the served value times one constant, mean T / mean served on the validation day "
         f"(on the training rows when that day has fewer than {config.recalibration_min_validation_clicks} "
         "clicks). Neither changes the ranking of a one-head model.", "",
-        f"Simulator settings: `{json.dumps(config.simulator.settings)}` (click rates {config.simulator.click_rates}).",
-        f"Training time summed over all runs: {sum(r['training']['seconds'] for r in runs) / 3600:.2f} h on one "
-        f"thread; wall time of the invocation that wrote this report: {wall_s / 60:.1f} min.", "",
+        f"{len(runs)} runs; training time summed over them: {sum(r['training']['seconds'] for r in runs) / 3600:.2f} h "
+        f"on one thread (per run in the tables); wall time of the invocation that wrote this report: "
+        f"{wall_s / 60:.1f} min ({runs_reused} runs reused from the results file).", "",
         "**The theory.** WLR's optimum odds are E[T|x]/(1 − p(x)), so a perfect plain-WLR model serves "
-        "mean(E/(1−p))/mean(E) times the true mean: 1/(1 − p) if p were constant, more when p varies.", "",
+        "mean(E/(1−p))/mean(E) times the true mean: 1/(1 − p) if p were constant, more when p varies. "
+        "The same odds are what the paper's *weighted per-user loss* rewards: for two impressions i, j on a "
+        "page with independent clicks, putting i above j loses E_j·(1 − p_i) in expectation (j clicked, i "
+        "not), the other order E_i·(1 − p_j), so the metric is minimised by ranking by E/(1 − p) — WLR's "
+        "odds — not by E[T]; NDCG against the true E[T|x] rewards ranking by E[T].", "",
     ]
     lines += _findings(config, summary, worlds, default)
     if "bias_vs_ctr" in figures:
         lines += [f"![bias vs click rate]({figures['bias_vs_ctr']})", ""]
 
-    sim_groups = _sim_groups(summary)
-    if sim_groups:
-        lines += ["## Simulator", ""]
+    for family, study in config.families():
+        sim_groups = _sim_groups(summary, family)
+        if not sim_groups:
+            continue
+        family_ranker = config.family_ranker_config(study)
+        lines += [f"## Simulator: {FAMILY_TITLES.get(family, family)}", "",
+                  f"Settings `{json.dumps(study.settings)}`; network hidden {family_ranker.model.hidden}, feature "
+                  f"groups {family_ranker.features.groups}.", ""]
         for rate, group in sim_groups:
             world = worlds.get(group, {})
             refs = world.get("reference", {})
             oracle_odds = refs.get("oracle WLR optimum E[T|x]/(1-p)", {})
-            lines += [f"### Target click rate {rate:g}", "",
+            lines += [f"### {family}, target click rate {rate:g}", "",
                       f"Realised test click rate {_fmt(world.get('test_click_rate'))}; the training labels' mean "
                       f"over the truth's (label noise every model inherits): {_fmt(world.get('train_label_ratio'))}; "
-                      f"theory ratio "
-                      f"{_fmt(world.get('theory_ratio'))} (with p known per video only "
+                      f"theory ratio {_fmt(world.get('theory_ratio'))} (with p known per video only "
                       f"{_fmt(world.get('per_video_theory_ratio'))}; constant-p value "
-                      f"{_fmt(world.get('constant_p_ratio'))}); "
-                      f"ranking by the exact WLR optimum E/(1−p) instead of E gives NDCG@{config.ndcg_k} "
-                      f"{_fmt(oracle_odds.get('ndcg_truth'), 4)} and wpu loss "
+                      f"{_fmt(world.get('constant_p_ratio'))}); ranking by the exact WLR optimum E/(1−p) instead "
+                      f"of E gives NDCG@{config.ndcg_k} {_fmt(oracle_odds.get('ndcg_truth'), 4)} and wpu loss "
                       f"{_fmt(oracle_odds.get('weighted_per_user_loss'), 4)} (ranking by the truth: wpu loss "
                       f"{_fmt(refs.get('oracle E[T|x]', {}).get('weighted_per_user_loss'), 4)}).", ""]
             lines += _table(summary[group], SIM_COLUMNS, methods) + [""]
-        if checks:
-            lines += ["### The issue's requirements on the simulator (means across seeds)", "",
-                      "| check | model | measured | target | tolerance | |", "|---|---|---|---|---|---|"]
-            for check in checks:
-                lines.append(f"| {check['name']} | {check['variant']} | {_num(check['measured'])} | "
-                             f"{_num(check['target'])} | ±{_num(check['tolerance'])} | "
-                             f"{'pass' if check['passes'] else '**fail**'} |")
-            lines.append("")
+    if checks:
+        lines += ["## The issue's requirements on the simulator (means across seeds)", "",
+                  "| check | model | measured | target | tolerance | |", "|---|---|---|---|---|---|"]
+        for check in checks:
+            lines.append(f"| {check['name']} | {check['variant']} | {_num(check['measured'])} | "
+                         f"{_num(check['target'])} | ±{_num(check['tolerance'])} | "
+                         f"{'pass' if check['passes'] else '**fail**'} |")
+        lines.append("")
 
     resample_labels = [m.label for m in methods if m.objective == "wlr-resample"]
     if REFERENCE_METHOD in [m.label for m in methods] and resample_labels:
@@ -1499,8 +1676,8 @@ def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary
                    ("xauc_clicked", "Δ XAUC clicked"), ("seconds", "Δ train s")]
         lines += ["| world | method | " + " | ".join(label for _, label in metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
-        groups = [g for _, g in sim_groups] + ([KUAIRAND] if KUAIRAND in summary else [])
-        for group in groups:
+        groups = [g for family, _ in config.families() for _, g in _sim_groups(summary, family)]
+        for group in groups + ([KUAIRAND] if KUAIRAND in summary else []):
             for label in resample_labels:
                 if label not in summary[group] or REFERENCE_METHOD not in summary[group]:
                     continue
@@ -1529,7 +1706,8 @@ def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary
         by_odds = [(m.label, summary[KUAIRAND][m.label]) for m in methods
                    if m.label in summary[KUAIRAND] and "by_odds_weighted_per_user_loss" in summary[KUAIRAND][m.label]]
         if by_odds:
-            lines += ["Ranking by the raw odds e^z instead of the served value (same models):", "",
+            lines += ["Ranking by the raw odds e^z instead of the served value (same models; the weighted per-user "
+                      "loss is minimised by ranking by E/(1 − p), see the theory above):", "",
                       "| method | wpu loss by served ↓ | wpu loss by odds ↓ | XAUC clicked by served | "
                       "XAUC clicked by odds |", "|---|---|---|---|---|"]
             for label, stats in by_odds:
