@@ -102,7 +102,7 @@ from ytdnn.evaluation.metrics import (
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet
-from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, make_objective
+from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, check_objective_name, make_objective
 from ytdnn.training.ranker import WEIGHTED_PER_USER_LOSS, RankerConfig, page_ids
 from ytdnn.training.trainer import VALIDATION_LOSS, MetricFn, Trainer, predict_outputs, torch_threads
 from ytdnn.utils.io import atomic_write_text, atomic_write_with, read_json
@@ -173,9 +173,7 @@ class MethodSpec(BaseModel):
     @field_validator("objective")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in RANKING_OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r}; expected one of {sorted(RANKING_OBJECTIVES)}")
-        return name
+        return check_objective_name(name)
 
     @model_validator(mode="after")
     def _buildable(self) -> MethodSpec:

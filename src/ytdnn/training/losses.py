@@ -699,6 +699,13 @@ RANKING_OBJECTIVES: dict[str, Callable[..., RankingObjective]] = {
 """CLI name → factory taking the objective's keyword parameters."""
 
 
+def check_objective_name(name: str) -> str:
+    """``name`` if it is a registered objective; a ValueError listing the known ones otherwise (for configs)."""
+    if name not in RANKING_OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; expected one of {sorted(RANKING_OBJECTIVES)}")
+    return name
+
+
 def make_objective(name: str, **kwargs: Any) -> RankingObjective:
     """Build the ranking objective registered as ``name`` with keyword parameters ``kwargs``."""
     try:

@@ -57,7 +57,8 @@ from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeatureConfig, RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet, load_weights, save_weights
-from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, make_objective, objective_from_config
+from ytdnn.training.losses import (RANKING_OBJECTIVES, RankingObjective, check_objective_name, make_objective,
+                                   objective_from_config)
 from ytdnn.training.trainer import (VALIDATION_LOSS, MetricFn, Trainer, TrainerConfig, TrainingHistory,
                                     predict_outputs)
 from ytdnn.utils.io import atomic_write_json, read_json
@@ -114,9 +115,7 @@ class ObjectiveSection(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in RANKING_OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r}; expected one of {sorted(RANKING_OBJECTIVES)}")
-        return name
+        return check_objective_name(name)
 
     @model_validator(mode="after")
     def _buildable(self) -> ObjectiveSection:
