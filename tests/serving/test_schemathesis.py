@@ -68,4 +68,7 @@ def test_no_server_errors_on_generated_requests(app: FastAPI, mode: GenerationMo
     if mode is GenerationMode.POSITIVE:
         assert 200 in statuses["POST /v1/recommend"] and 200 in statuses["GET /readyz"]
     else:
-        assert statuses["POST /v1/recommend"] <= {422}
+        # Negative generation cannot always break a schema (e.g. a bool where an int is expected is
+        # coerced by pydantic), so a 200 may appear; what matters is that 422s are reached and no 5xx.
+        assert 422 in statuses["POST /v1/recommend"]
+    assert all(code < 500 for codes in statuses.values() for code in codes), statuses
