@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -453,6 +454,13 @@ def create_app(bundle_dir: str | Path, settings: ServingSettings | None = None, 
         detail = [{"type": exc.kind, "loc": list(loc), "msg": str(exc), "input": exc.value}]
         return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
 
+    limiter = anyio.CapacityLimiter(settings.scoring_threads) if settings.scoring_threads else None
+
+    async def run_scoring(call: Callable[[], RankedList]) -> RankedList:
+        if limiter is None:
+            return call()
+        return await anyio.to_thread.run_sync(call, limiter=limiter)
+
     def current_model() -> Recommender | JSONResponse:
         model = slot.current
         if model is None:
@@ -476,8 +484,8 @@ def create_app(bundle_dir: str | Path, settings: ServingSettings | None = None, 
         model = current_model()
         if isinstance(model, JSONResponse):
             return model
-        result = model.recommend(body.user_id, k, exclude=body.exclude, context=_context(body.context),
-                                 history=_history(body.history))
+        result = await run_scoring(functools.partial(model.recommend, body.user_id, k, exclude=body.exclude,
+                                                     context=_context(body.context), history=_history(body.history)))
         if result.cold_start:
             metrics.cold_start.inc()
         metrics.candidates.observe(result.candidates_ranked)
@@ -496,8 +504,8 @@ def create_app(bundle_dir: str | Path, settings: ServingSettings | None = None, 
         model = current_model()
         if isinstance(model, JSONResponse):
             return model
-        result = model.rank(body.user_id, body.video_ids, context=_context(body.context),
-                            history=_history(body.history))
+        result = await run_scoring(functools.partial(model.rank, body.user_id, body.video_ids,
+                                                     context=_context(body.context), history=_history(body.history)))
         metrics.candidates.observe(result.candidates_ranked)
         return _answer(result)
 
