@@ -38,6 +38,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -538,6 +539,11 @@ def create_app(bundle_dir: str | Path, settings: ServingSettings | None = None, 
         if settings.admin_token is None:
             return JSONResponse(status_code=403, content={"detail": "admin routes are disabled: no admin token "
                                                                     "is configured"})
+        if settings.workers > 1:
+            # A request reaches one worker; reloading only that one would serve two models at once.
+            return JSONResponse(status_code=409, content={"detail": f"{settings.workers} workers: roll out a bundle "
+                                                                    "by moving the `current` pointer, which every "
+                                                                    "worker watches"})
         token = _bearer(authorization)
         if token is None or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             return JSONResponse(status_code=401, content={"detail": "missing or wrong admin token "
@@ -627,17 +633,40 @@ async def _watch_pointer(slot: ModelSlot, metrics: ServiceMetrics, root: Path, i
             log.warning("pointer reload of %s rejected: %s", target, exc)
 
 
+_WORKER_BUNDLE_ENV = "YTDNN_SERVE_BUNDLE"
+_WORKER_SETTINGS_ENV = "YTDNN_SERVE_SETTINGS"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one uvicorn worker process (``workers > 1``): bundle and settings from the
+    environment the parent set. The worker loads and warms its model before it accepts a
+    connection, and follows the ``current`` pointer for roll-outs."""
+    settings = ServingSettings.model_validate_json(os.environ[_WORKER_SETTINGS_ENV])
+    settings = settings.merged({"background_load": False, "watch_pointer": True})
+    return create_app(os.environ[_WORKER_BUNDLE_ENV], settings)
+
+
 def serve(bundle_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           config_path: str | Path | None = None, settings: ServingSettings | None = None) -> None:
     """``ytdnn serve``: verify and load the bundle (a broken one stops here with a clear error),
-    warm it up, then serve it with uvicorn until interrupted."""
+    warm it up, then serve it with uvicorn until interrupted. With ``workers > 1`` the bundle is
+    verified here and each worker process loads its own copy."""
     import uvicorn
 
-    from ytdnn.serving.bundle import load_recommender
+    from ytdnn.serving.bundle import load_recommender, resolve_bundle_dir, verify_bundle
     from ytdnn.serving.settings import load_settings
 
     settings = settings or load_settings(config_path)
     configure_threads(settings)
+    if settings.workers > 1:
+        manifest = verify_bundle(resolve_bundle_dir(bundle_dir))
+        os.environ[_WORKER_BUNDLE_ENV] = str(bundle_dir)
+        os.environ[_WORKER_SETTINGS_ENV] = settings.model_dump_json()
+        print(f"ytdnn: serving {bundle_dir} (model {manifest['version']}) on http://{host}:{port} with "
+              f"{settings.workers} workers; docs at /docs", file=sys.stderr, flush=True)
+        uvicorn.run("ytdnn.serving.app:app_from_environment", factory=True, host=host, port=port,
+                    workers=settings.workers, log_level="warning", access_log=False)
+        return
     recommender = load_recommender(Path(bundle_dir), settings)
     warm = recommender.warm_up(settings.warmup_requests)
     log.info("serving %s (model %s), warm-up %s", bundle_dir, recommender.version, warm)
