@@ -7,6 +7,8 @@ Everything is measured in one run on this machine and printed as ratios:
    one batch, ONNX Runtime) — against the *bare matrix-product time of the same tower* run the
    naive way: the full first layer on [x_user; x_candidate] for every candidate, then the rest
    of the tower (PyTorch, the same weights, inputs already built, nothing but the products).
+   Beside it the same serving path without the item-history snapshot (item-side history
+   computed per request, as at a request time the snapshot does not cover).
 2. **First request vs steady state**: a fresh ``ytdnn serve`` process (warm-up on, and once with
    warm-up off for contrast); the first /v1/recommend after /readyz says ready, against the
    median of the following sequential requests.
@@ -19,6 +21,7 @@ Usage::
     .venv/bin/python benchmarks/serving.py --bundle runs/main/bundle          # an existing bundle
     .venv/bin/python benchmarks/serving.py                                   # trains tiny runs on KuaiRand first
     .venv/bin/python benchmarks/serving.py --requests 2000 --rate 200 --json out.json
+    .venv/bin/python benchmarks/serving.py --bundle runs/main/bundle --server-setting workers=2
 """
 
 from __future__ import annotations
@@ -59,9 +62,24 @@ def _interleaved_medians(functions: dict[str, Any], repeats: int, warmup: int = 
 
 
 def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its descendants (uvicorn's worker
+    processes), from Linux /proc."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a process that just ended
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, fields in stats.items():
+            if int(fields[1]) == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +139,17 @@ def in_process(bundle: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
                 for weight, bias in layers:
                     hidden = torch.nn.functional.linear(torch.relu(hidden), weight, bias)
 
+        def rank_without_snapshot() -> None:
+            # The same path computing the item-side history per request (what every request
+            # did before the snapshot, and what requests at other times still do).
+            saved, ranker.item_snapshot = ranker.item_snapshot, None
+            try:
+                ranker.score(user, candidates, now, 0, past)
+            finally:
+                ranker.item_snapshot = saved
+
         medians = _interleaved_medians({
-            "rank": lambda: ranker.score(user, candidates, now, 0, past),
+            "rank": lambda: ranker.score(user, candidates, now, 0, past), "rank_no_snapshot": rank_without_snapshot,
             "network": cached_network, "split": split_network, "naive": naive_tower}, repeats)
         row: dict[str, Any] = {"candidates": n}
         for clock in ("wall_ms", "cpu_ms"):
@@ -391,17 +418,19 @@ def main() -> None:
               f"max relative difference {parity['max_relative_diff']:.2g} over {parity['rows']} real rows "
               f"({parity['snapshot_rows']} on the item-history snapshot)")
     print(f"\nin-process ranking, median of {args.repeats} interleaved runs, 1 thread. 'rank' = the serving path "
-          "(features from the log + network + served values); 'network' = user half once + cached item rows + "
+          "(features from the log + network + served values); 'no-snap' = the same without the item-history "
+          "snapshot (item-side history computed per request); 'network' = user half once + cached item rows + "
           "cross half and tower; 'split' = user half once + the whole candidate half; 'naive' = the matrix "
           "products of the full tower on [x_user; x_candidate] for every candidate")
     for clock, label in (("cpu_ms", "CPU time (this thread)"), ("wall_ms", "wall clock")):
         print(f"  {label}")
-        print(f"  {'candidates':>10} {'rank':>8} {'network':>8} {'split':>8} {'naive':>8} {'rank/naive':>11} "
-              f"{'network/naive':>14} {'split/naive':>12}")
+        print(f"  {'candidates':>10} {'rank':>8} {'no-snap':>8} {'network':>8} {'split':>8} {'naive':>8} "
+              f"{'rank/naive':>11} {'no-snap/naive':>14} {'network/naive':>14} {'split/naive':>12}")
         for row in ip["rows"]:
             ms, ratios = row[clock], row[clock.replace("_ms", "_ratios")]
-            print(f"  {row['candidates']:>10} {ms['rank']:>8.3f} {ms['network']:>8.3f} {ms['split']:>8.3f} "
-                  f"{ms['naive']:>8.3f} {ratios['rank/naive']:>10.2f}x {ratios['network/naive']:>13.2f}x "
+            print(f"  {row['candidates']:>10} {ms['rank']:>8.3f} {ms['rank_no_snapshot']:>8.3f} {ms['network']:>8.3f} "
+                  f"{ms['split']:>8.3f} {ms['naive']:>8.3f} {ratios['rank/naive']:>10.2f}x "
+                  f"{ratios['rank_no_snapshot/naive']:>13.2f}x {ratios['network/naive']:>13.2f}x "
                   f"{ratios['split/naive']:>11.2f}x")
     print("\nfirst request after /readyz vs steady state (median of the next 200, sequential)")
     for row in results["first_request"]:

@@ -17,7 +17,12 @@ on KuaiRand). Serving splits the work by what each feature depends on:
   normalised by the pipeline's own fitted vocabularies and quantile normalisers;
 - **item-side history** (the candidate's click rate, watch time per impression and recent
   impressions over *all* users' events before ``now``): prefix sums over the bundled log sorted
-  by (video, time), built once at load; a request costs one binary search per candidate.
+  by (video, time), built once at load; a request costs one binary search per candidate. At the
+  service's default request time these values are the same for every request, so the loader
+  also takes a **snapshot** of them for every video (:meth:`FastRankingFeatures.item_table_batch`
+  with a time) and folds it into the precomputed item half of the first layer; a request for
+  which it holds (:meth:`FastRankingFeatures.snapshot_applies`: no logged event between the two
+  times, no request event on a candidate) computes no item-side feature at all.
 
 :class:`PipelineRankingFeatures` is the reference (the pipeline's own serving path,
 ``transform_requests``); tests hold the fast path equal to it on real data. A layout with a

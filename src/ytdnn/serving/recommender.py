@@ -13,10 +13,12 @@ One request runs
 3. **ranking** (:class:`SplitRanker`): the feature pipeline builds one batch for the N
    candidates; the user half of the first layer, :math:`h_u = W_u x_u + b`, is computed once
    from row 0 and the candidate half :math:`W_c x_c` for all rows in one matrix product,
-   :math:`z = \mathrm{tower}(h_u + W_c x_c)`; the objective turns z into the served
-   ``expected_watch_s`` (e^z for weighted LR), ``odds`` and ``p_click`` where it has them;
-4. the top k by the objective's ranking key (``expected_watch_s``, or ``p_click`` for click
-   models), best first, ``rank`` 1..k.
+   :math:`z = \mathrm{tower}(h_u + W_c x_c)`, where the item part of :math:`W_c x_c` (and,
+   at the default request time, the item-side history's part) is a row of a table computed at
+   load; the objective turns z into the served ``expected_watch_s`` (e^z for weighted LR),
+   ``odds`` and ``p_click`` where it has them;
+4. the top k by the ranker's ranking key (whatever the objective ranks by: its
+   ``expected_watch_s``, its odds, or ``p_click`` for click models), best first, ``rank`` 1..k.
 
 Unknown users are ranked with every user feature absent (the user id and profile fall back to
 the out-of-vocabulary row, the history is empty), which is what "no user features" means for a
