@@ -158,8 +158,9 @@ def _expand_into(out: np.ndarray, normaliser: QuantileNormaliser, values: np.nda
 
 
 def _null_history_columns(n: int) -> list[pl.Series]:
-    columns = [pl.Series(CLICKED_IDS, [[] for _ in range(n)], dtype=pl.List(pl.Int64))]
-    columns += [pl.Series(name, [None] * n, dtype=pl.Float64) for name in HISTORY_COLUMNS[1:]]
+    # One row repeated (a Python list of n empty lists costs ~0.2 s per 30k rows at load).
+    columns = [pl.Series(CLICKED_IDS, [[]], dtype=pl.List(pl.Int64)).new_from_index(0, n)]
+    columns += [pl.Series(name, [None], dtype=pl.Float64).new_from_index(0, n) for name in HISTORY_COLUMNS[1:]]
     return columns
 
 
