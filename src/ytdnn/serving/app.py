@@ -413,6 +413,7 @@ def create_app(bundle_dir: str | Path, settings: ServingSettings | None = None, 
                     await anyio.to_thread.run_sync(recommender.warm_up, settings.warmup_requests)
                 slot.install(recommender)
             elif settings.background_load:
+                slot.state = "loading"  # already, not once the worker thread gets to it: /readyz may come first
                 tasks.append(asyncio.create_task(anyio.to_thread.run_sync(initial_load)))
             else:
                 await anyio.to_thread.run_sync(initial_load)
