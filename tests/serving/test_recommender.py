@@ -210,16 +210,20 @@ def test_fast_path_scores_equal_the_reference_path(recommender: Recommender, run
                                                  (_known_user(recommender, 30), earlier, False),
                                                  (UNKNOWN_USER, now, False)]):
         past = store.user_log(user, at)
-        candidates = recommender.retriever.retrieve(user, past, at, 40) if past.height else store.popular_videos(40)  # type: ignore[union-attr]
+        retriever = recommender.retriever
+        assert retriever is not None
+        candidates = retriever.retrieve(user, past, at, 40) if past.height else store.popular_videos(40)
         if with_event:
             past = store.user_log(user, at, [HistoryEvent(int(candidates[3]), watch_time_s=12.0)])
-        used_snapshot.append(ranker.features.snapshot_applies(candidates, at, past, ranker.item_snapshot[0]))  # type: ignore[attr-defined]
+        snapshot_ms = ranker.item_snapshot[0]
+        used_snapshot.append(ranker.features.snapshot_applies(candidates, at, past, snapshot_ms))  # type: ignore[attr-defined]
         served = ranker.score(user, candidates, at, 0, past)
         with torch.inference_mode():
             expected = loaded.objective.predict(loaded.network.eval()(reference.batch(user, candidates, at, 0, past)))
         assert set(served) == {key for key in expected if key != "logit"}
         for key in served:
-            np.testing.assert_allclose(served[key], expected[key].double().numpy(), rtol=1e-4, err_msg=f"request {i}: {key}")
+            np.testing.assert_allclose(served[key], expected[key].double().numpy(), rtol=1e-4,
+                                       err_msg=f"request {i}: {key}")
     assert used_snapshot == [True, True, False, False, True]
 
 
@@ -230,7 +234,11 @@ def test_ranking_key_comes_from_the_ranker(recommender: Recommender) -> None:
     original_predict, original_key = ranker.predict, ranker.ranking_key
     try:
         # An objective whose ranking key is the reverse of its expected watch time.
-        ranker.predict = lambda logits: {**original_predict(logits), "score": -original_predict(logits)["expected_watch_s"]}
+        def reversed_predict(logits):  # type: ignore[no-untyped-def]
+            served = original_predict(logits)
+            return {**served, "score": -served["expected_watch_s"]}
+
+        ranker.predict = reversed_predict
         ranker.ranking_key = "score"
         answer = recommender.recommend(user, 10)
     finally:

@@ -522,7 +522,7 @@ def served_parity(bundle_dir: str | Path, loaded: Any, *, n_users: int = 6, cand
     rng = np.random.default_rng(seed)
     known = store.logged_user_ids
     picks = rng.choice(known, size=min(n_users, known.size), replace=False).tolist() if known.size else []
-    unknown = int(max(int(known.max()) if known.size else 0, int(store._user_ids.max()) if store._user_ids.size else 0)) + 1
+    unknown = max(int(known.max()) if known.size else 0, int(store._user_ids.max()) if store._user_ids.size else 0) + 1
     default_now = recommender.now_ms(RequestContext())
     earlier = default_now - 12 * 3_600_000
     requests = [(user, default_now, False) for user in [*picks, unknown]]
@@ -538,7 +538,8 @@ def served_parity(bundle_dir: str | Path, loaded: Any, *, n_users: int = 6, cand
         if with_event:
             past = store.user_log(user, now, [HistoryEvent(int(ids[0]), time_ms=now - 60_000, watch_time_s=30.0)])
         served = ranker.score(user, ids, now, 0, past)
-        if ranker.item_snapshot is not None and ranker.features.snapshot_applies(ids, now, past, ranker.item_snapshot[0]):
+        snapshot = ranker.item_snapshot
+        if snapshot is not None and ranker.features.snapshot_applies(ids, now, past, snapshot[0]):
             snapshot_rows += ids.size
         with torch.inference_mode():
             expected = loaded.objective.predict(loaded.network.eval()(reference.batch(user, ids, now, 0, past)))

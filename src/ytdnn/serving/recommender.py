@@ -328,9 +328,10 @@ class SplitRanker:
         if self.item_hidden is not None:
             rows, found = self.features.item_rows(candidates)  # type: ignore[attr-defined]
             rows = rows if found.all() else None
-            if rows is not None and self.item_snapshot is not None and self.features.snapshot_applies(  # type: ignore[attr-defined]
-                    candidates, now_ms, past_log, self.item_snapshot[0]):
-                table, item_history = self.item_snapshot[1], False
+            snapshot = self.item_snapshot
+            if rows is not None and snapshot is not None and \
+                    self.features.snapshot_applies(candidates, now_ms, past_log, snapshot[0]):  # type: ignore[attr-defined]
+                table, item_history = snapshot[1], False
         if rows is not None:
             batch = self.features.batch(user_id, candidates, now_ms, tab, past_log,  # type: ignore[call-arg]
                                         item_columns=False, user_rows="first", item_history=item_history)
