@@ -7,6 +7,8 @@ Everything is measured in one run on this machine and printed as ratios:
    one batch, ONNX Runtime) — against the *bare matrix-product time of the same tower* run the
    naive way: the full first layer on [x_user; x_candidate] for every candidate, then the rest
    of the tower (PyTorch, the same weights, inputs already built, nothing but the products).
+   Beside it the same serving path without the item-history snapshot (item-side history
+   computed per request, as at a request time the snapshot does not cover).
 2. **First request vs steady state**: a fresh ``ytdnn serve`` process (warm-up on, and once with
    warm-up off for contrast); the first /v1/recommend after /readyz says ready, against the
    median of the following sequential requests.
@@ -19,6 +21,7 @@ Usage::
     .venv/bin/python benchmarks/serving.py --bundle runs/main/bundle          # an existing bundle
     .venv/bin/python benchmarks/serving.py                                   # trains tiny runs on KuaiRand first
     .venv/bin/python benchmarks/serving.py --requests 2000 --rate 200 --json out.json
+    .venv/bin/python benchmarks/serving.py --bundle runs/main/bundle --server-setting workers=2
 """
 
 from __future__ import annotations
@@ -59,9 +62,24 @@ def _interleaved_medians(functions: dict[str, Any], repeats: int, warmup: int = 
 
 
 def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its descendants (uvicorn's worker
+    processes), from Linux /proc."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a process that just ended
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, fields in stats.items():
+            if int(fields[1]) == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +139,17 @@ def in_process(bundle: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
                 for weight, bias in layers:
                     hidden = torch.nn.functional.linear(torch.relu(hidden), weight, bias)
 
+        def rank_without_snapshot() -> None:
+            # The same path computing the item-side history per request (what every request
+            # did before the snapshot, and what requests at other times still do).
+            saved, ranker.item_snapshot = ranker.item_snapshot, None
+            try:
+                ranker.score(user, candidates, now, 0, past)
+            finally:
+                ranker.item_snapshot = saved
+
         medians = _interleaved_medians({
-            "rank": lambda: ranker.score(user, candidates, now, 0, past),
+            "rank": lambda: ranker.score(user, candidates, now, 0, past), "rank_no_snapshot": rank_without_snapshot,
             "network": cached_network, "split": split_network, "naive": naive_tower}, repeats)
         row: dict[str, Any] = {"candidates": n}
         for clock in ("wall_ms", "cpu_ms"):
@@ -131,7 +158,10 @@ def in_process(bundle: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
             row[clock.replace("_ms", "_ratios")] = {f"{name}/naive": value[clock] / naive
                                                     for name, value in medians.items() if name != "naive"}
         rows.append(row)
-    return {"input_width": int(net.user_width + net.candidate_width), "user_width": int(net.user_width),
+    from ytdnn.serving.bundle import read_manifest
+
+    return {"served_parity": read_manifest(recommender.source).get("served_parity"),
+            "input_width": int(net.user_width + net.candidate_width), "user_width": int(net.user_width),
             "candidate_width": int(net.candidate_width), "hidden": list(net.hidden), "rows": rows,
             "user_events": int(past.height)}
 
@@ -242,7 +272,11 @@ async def _open_loop(port: int, users: list[int], rate: float, connections: int 
     """Open-loop load: request i is due at start + i / rate, whatever happened to the others.
 
     A minimal HTTP/1.1 client on raw asyncio streams (keep-alive, a pool of ``connections``):
-    the generator shares the machine with the server, so it must cost far less than httpx.
+    the generator shares the machine with the server, so it must cost far less than httpx. One
+    dispatcher sleeps until each due time and only then starts that request's task (creating
+    all tasks up front would make the first ones late before anything is sent). Latency counts
+    from the due time, so a late dispatch or a server that falls behind cannot hide (no
+    coordinated omission).
     """
     host = "127.0.0.1"
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
@@ -250,15 +284,14 @@ async def _open_loop(port: int, users: list[int], rate: float, connections: int 
         pool.put_nowait(await _connection(host, port))
     latencies: list[float] = []
     failures: list[str] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
-
-    async def one(i: int, user: int) -> None:
+    clock = time.perf_counter  # uvloop's loop.time() counts whole milliseconds
+    requests = []
+    for user in users:
         body = json.dumps({"user_id": user, "k": 10}).encode()
-        request = (f"POST /v1/recommend HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        due = start + i / rate
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        requests.append((f"POST /v1/recommend HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+
+    async def one(due: float, request: bytes) -> None:
         reader, writer = await pool.get()
         try:
             status = await _post(reader, writer, request)
@@ -269,10 +302,18 @@ async def _open_loop(port: int, users: list[int], rate: float, connections: int 
             failures.append(repr(exc))
             writer.close()
             pool.put_nowait(await _connection(host, port))
-        latencies.append((loop.time() - due) * 1000)
+        latencies.append((clock() - due) * 1000)
 
-    await asyncio.gather(*(one(i, user) for i, user in enumerate(users)))
-    elapsed = loop.time() - start
+    tasks = []
+    start = clock() + 0.2
+    for i, request in enumerate(requests):
+        due = start + i / rate
+        delay = due - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due, request)))
+    await asyncio.gather(*tasks)
+    elapsed = clock() - start
     while not pool.empty():
         pool.get_nowait()[1].close()
     values = np.array(latencies)
@@ -282,15 +323,28 @@ async def _open_loop(port: int, users: list[int], rate: float, connections: int 
             "p99_ms": float(np.percentile(values, 99)), "max_ms": float(values.max())}
 
 
-def load_test(bundle: Path, workdir: Path, requests: int, rate: float) -> dict[str, Any]:
+def _run_loop(coroutine: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): a cheaper generator."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def load_test(bundle: Path, workdir: Path, requests: int, rate: float,
+              server_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     import httpx
 
     users = _users(bundle, requests, seed=2)
-    with ServerProcess(bundle, {"warmup_requests": 30}, workdir) as server:
+    with ServerProcess(bundle, {"warmup_requests": 30, **(server_settings or {})}, workdir) as server:
         assert server.process is not None
         cpu_before = _process_cpu_s(server.process.pid)
-        result = asyncio.run(_open_loop(server.port, users, rate))
+        own_cpu_before = time.process_time()
+        result = _run_loop(_open_loop(server.port, users, rate))
         result["server_cpu_ms_per_request"] = 1000 * (_process_cpu_s(server.process.pid) - cpu_before) / len(users)
+        result["generator_cpu_ms_per_request"] = 1000 * (time.process_time() - own_cpu_before) / len(users)
+        result["load_average_after"] = os.getloadavg()
         metrics = httpx.get(f"{server.base}/metrics", timeout=10).text
     route = 'route="/v1/recommend"'
     total = [float(line.split()[-1]) for line in metrics.splitlines()
@@ -320,6 +374,10 @@ def build_demo_bundle(workdir: Path, data_dir: str | None) -> Path:
     return build_bundle([workdir / "ranker", workdir / "retrieval"], workdir / "bundle", data=data)
 
 
+def _load(average: tuple[float, float, float]) -> str:
+    return " / ".join(f"{value:.2f}" for value in average) + " (1 / 5 / 15 min)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: train tiny runs and build one)")
@@ -331,6 +389,8 @@ def main() -> None:
     parser.add_argument("--extra-rates", type=float, nargs="*", default=[50.0],
                         help="further open-loop rates, --extra-requests each (latency below saturation)")
     parser.add_argument("--extra-requests", type=int, default=2000)
+    parser.add_argument("--server-setting", action="append", default=[], metavar="KEY=JSON",
+                        help="a ServingSettings value for the load tests' server, e.g. scoring_threads=2")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -342,25 +402,35 @@ def main() -> None:
                                    "load_average_at_start": os.getloadavg()}
         results["in_process"] = in_process(bundle, args.sizes, args.repeats)
         results["first_request"] = [first_vs_steady(bundle, workdir, 30), first_vs_steady(bundle, workdir, 0)]
-        results["load"] = [load_test(bundle, workdir, args.requests, args.rate)]
-        results["load"] += [load_test(bundle, workdir, args.extra_requests, rate) for rate in args.extra_rates]
+        server = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.server_setting)}
+        results["server_settings"] = server
+        results["load"] = [load_test(bundle, workdir, args.requests, args.rate, server)]
+        results["load"] += [load_test(bundle, workdir, args.extra_requests, rate, server) for rate in args.extra_rates]
         results["load_average_at_end"] = os.getloadavg()
 
     ip = results["in_process"]
     print(f"bundle {bundle}; first layer input {ip['input_width']} = user {ip['user_width']} + "
-          f"candidate {ip['candidate_width']}, tower {ip['hidden']}; load average {results['load_average_at_start']}")
+          f"candidate {ip['candidate_width']}, tower {ip['hidden']}; {results['cpus']} CPUs; "
+          f"load average at start {_load(results['load_average_at_start'])}")
+    parity = ip.get("served_parity")
+    if parity:
+        print(f"served path vs reference (pipeline features + full PyTorch network), from the bundle's manifest: "
+              f"max relative difference {parity['max_relative_diff']:.2g} over {parity['rows']} real rows "
+              f"({parity['snapshot_rows']} on the item-history snapshot)")
     print(f"\nin-process ranking, median of {args.repeats} interleaved runs, 1 thread. 'rank' = the serving path "
-          "(features from the log + network + served values); 'network' = user half once + cached item rows + "
+          "(features from the log + network + served values); 'no-snap' = the same without the item-history "
+          "snapshot (item-side history computed per request); 'network' = user half once + cached item rows + "
           "cross half and tower; 'split' = user half once + the whole candidate half; 'naive' = the matrix "
           "products of the full tower on [x_user; x_candidate] for every candidate")
     for clock, label in (("cpu_ms", "CPU time (this thread)"), ("wall_ms", "wall clock")):
         print(f"  {label}")
-        print(f"  {'candidates':>10} {'rank':>8} {'network':>8} {'split':>8} {'naive':>8} {'rank/naive':>11} "
-              f"{'network/naive':>14} {'split/naive':>12}")
+        print(f"  {'candidates':>10} {'rank':>8} {'no-snap':>8} {'network':>8} {'split':>8} {'naive':>8} "
+              f"{'rank/naive':>11} {'no-snap/naive':>14} {'network/naive':>14} {'split/naive':>12}")
         for row in ip["rows"]:
             ms, ratios = row[clock], row[clock.replace("_ms", "_ratios")]
-            print(f"  {row['candidates']:>10} {ms['rank']:>8.3f} {ms['network']:>8.3f} {ms['split']:>8.3f} "
-                  f"{ms['naive']:>8.3f} {ratios['rank/naive']:>10.2f}x {ratios['network/naive']:>13.2f}x "
+            print(f"  {row['candidates']:>10} {ms['rank']:>8.3f} {ms['rank_no_snapshot']:>8.3f} {ms['network']:>8.3f} "
+                  f"{ms['split']:>8.3f} {ms['naive']:>8.3f} {ratios['rank/naive']:>10.2f}x "
+                  f"{ratios['rank_no_snapshot/naive']:>13.2f}x {ratios['network/naive']:>13.2f}x "
                   f"{ratios['split/naive']:>11.2f}x")
     print("\nfirst request after /readyz vs steady state (median of the next 200, sequential)")
     for row in results["first_request"]:
@@ -374,9 +444,11 @@ def main() -> None:
               f"max {load['max_ms']:.1f} ms; throughput {load['throughput_rps']:.1f} req/s; errors {load['errors']}"
               + (f"; server-side mean {load['server_mean_ms']:.2f} ms" if "server_mean_ms" in load else ""))
         cpu = load["server_cpu_ms_per_request"]
-        print(f"  the server process spent {cpu:.2f} ms of CPU per request: one free core serves about "
-              f"{1000 / cpu:.0f} requests/s")
-    print(f"\nload average of the machine at the end: {results['load_average_at_end']}")
+        print(f"  the server process spent {cpu:.2f} ms of CPU per request (one free core serves about "
+              f"{1000 / cpu:.0f} requests/s), the generator {load['generator_cpu_ms_per_request']:.2f} ms; "
+              f"load average after {_load(load['load_average_after'])}")
+    print(f"\nserver settings {results['server_settings'] or 'default'}; load average of the machine at the end: "
+          f"{_load(results['load_average_at_end'])}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

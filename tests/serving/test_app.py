@@ -96,6 +96,19 @@ def test_recommend(client: TestClient) -> None:
     assert len(default_k["items"]) == 10
 
 
+def test_scoring_in_worker_threads_gives_the_same_answers(client: TestClient, recommender: Recommender,
+                                                           bundle_dir: Path) -> None:
+    threaded = create_app(bundle_dir, settings(scoring_threads=2), recommender=recommender)
+    user = known_user(client)
+    with TestClient(threaded) as other:
+        for path, body in (("/v1/recommend", {"user_id": user, "k": 5}),
+                           ("/v1/rank", {"user_id": user, "video_ids": [1, 2, 3]})):
+            answer = other.post(path, json=body)
+            assert answer.status_code == 200
+            assert answer.json()["items"] == client.post(path, json=body).json()["items"]
+        assert other.post("/v1/rank", json={"user_id": user, "video_ids": [9_999_999]}).status_code == 422
+
+
 def test_recommend_cold_start(client: TestClient) -> None:
     body = client.post("/v1/recommend", json={"user_id": 10_000_000, "k": 3}).json()
     assert body["cold_start"] is True and body["candidate_source"] == "popularity" and len(body["items"]) == 3

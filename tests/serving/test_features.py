@@ -134,3 +134,37 @@ def test_fast_retrieval_inputs_equal_the_featurizer(runs: tuple[Path, Path], sim
             np.testing.assert_allclose(inputs["dense"], reference.dense)
             width = reference.tokens.shape[1]
             np.testing.assert_array_equal(inputs["tokens"][:, -width:], reference.tokens, err_msg=f"user {user}")
+
+
+def test_item_history_snapshot_equals_the_per_request_history(ranking_paths, recommender: Recommender) -> None:
+    """item_table_batch(t) holds, per video, the item-side history columns the request path
+    computes at t; snapshot_applies says when a request may use it instead."""
+    fast, _ = ranking_paths
+    store = recommender.store
+    now = store.end_time_ms + 1
+    table = fast.item_table_batch(now)
+    static = fast.item_table_batch()
+    videos = store.videos["video_id"].to_numpy()[:60]
+    rows, found = fast.item_rows(videos)
+    assert found.all()
+    user = int(store.logged_user_ids[0])
+    past = store.user_log(user, now)
+    request = fast.batch(user, videos, now, 0, past)
+    history_columns = [c for slot in fast._dense_slots if slot.side == "item" and slot.group == "history"
+                       for c in range(slot.start, slot.start + slot.width)]
+    assert history_columns, "the test layout has item-side history features"
+    np.testing.assert_allclose(table.dense[rows][:, history_columns], request.dense[:, history_columns], atol=1e-6)
+    assert torch.equal(static.dense[:, history_columns], torch.zeros_like(static.dense[:, history_columns]))
+    other = [c for c in range(table.dense.shape[1]) if c not in history_columns]
+    assert torch.equal(table.dense[:, other], static.dense[:, other])
+    # Without item_history the request leaves those columns zero (the snapshot table has them).
+    lean = fast.batch(user, videos, now, 0, past, item_columns=False, user_rows="first", item_history=False)
+    assert float(lean.dense[:, history_columns].abs().max()) == 0.0
+
+    assert fast.snapshot_applies(videos, now, past, now)
+    assert fast.snapshot_applies(videos, now + HOUR_MS, past, now) is False  # the 24 h window moved past events
+    assert fast.snapshot_applies(videos, store.end_time_ms - HOUR_MS, past, now) is False  # events in between
+    on_candidate = store.user_log(user, now, [HistoryEvent(int(videos[5]), watch_time_s=3.0)])
+    elsewhere = store.user_log(user, now, [HistoryEvent(int(store.videos["video_id"][150]), watch_time_s=3.0)])
+    assert fast.snapshot_applies(videos, now, on_candidate, now) is False
+    assert fast.snapshot_applies(videos, now, elsewhere, now)

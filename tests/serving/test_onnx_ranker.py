@@ -150,3 +150,10 @@ def test_bundle_parity_was_checked_on_real_rows(bundle_dir: Path) -> None:
     cached = manifest["onnx_parity_item_cache"]
     assert cached["passed"] is True and cached["max_relative_diff"] <= 1e-4
     assert 0 < cached["rows"] <= 512  # the rows whose video is in the table
+
+
+def test_bundle_checked_the_whole_served_path_on_real_rows(bundle_dir: Path) -> None:
+    served = read_manifest(bundle_dir)["served_parity"]
+    assert served["passed"] is True and served["max_relative_diff"] <= 1e-4
+    assert served["requests"] == 9 and served["rows"] > 0
+    assert 0 < served["snapshot_rows"] < served["rows"]  # both the snapshot and the exact item history

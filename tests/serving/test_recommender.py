@@ -184,3 +184,64 @@ def test_warm_up_marks_the_model_ready(bundle_dir: Path) -> None:
     assert not model.warmed_up
     timings = model.warm_up(3)
     assert model.warmed_up and timings["requests"] == 3.0
+
+
+def test_fast_path_scores_equal_the_reference_path(recommender: Recommender, runs: tuple[Path, Path]) -> None:
+    """The served path (fast features, cached item rows with the item-history snapshot folded in,
+    ONNX split graphs) against the pipeline's own serving features through the full PyTorch
+    network, on the bundle's users: ≤ 1e-4 relative on every served quantity, with the snapshot
+    taken where it applies and the exact per-request item history where it does not."""
+    import torch
+
+    from ytdnn.serving.features import PipelineRankingFeatures
+
+    loaded = load_ranker(runs[0])
+    store, ranker = recommender.store, recommender.ranker
+    assert ranker.item_snapshot is not None and ranker.item_snapshot[0] == store.end_time_ms + 1
+    # The snapshot really holds item history: its rows differ from the static item table's.
+    assert not np.allclose(ranker.item_snapshot[1], ranker.item_hidden)
+    reference = PipelineRankingFeatures(loaded.pipeline, store.users, store.videos, store.log)
+    now = store.end_time_ms + 1
+    earlier = now - 30 * 3_600_000
+    used_snapshot = []
+    for i, (user, at, with_event) in enumerate([(_known_user(recommender, 0), now, False),
+                                                 (_known_user(recommender, 11), now, False),
+                                                 (_known_user(recommender, 30), now, True),
+                                                 (_known_user(recommender, 30), earlier, False),
+                                                 (UNKNOWN_USER, now, False)]):
+        past = store.user_log(user, at)
+        retriever = recommender.retriever
+        assert retriever is not None
+        candidates = retriever.retrieve(user, past, at, 40) if past.height else store.popular_videos(40)
+        if with_event:
+            past = store.user_log(user, at, [HistoryEvent(int(candidates[3]), watch_time_s=12.0)])
+        snapshot_ms = ranker.item_snapshot[0]
+        used_snapshot.append(ranker.features.snapshot_applies(candidates, at, past, snapshot_ms))  # type: ignore[attr-defined]
+        served = ranker.score(user, candidates, at, 0, past)
+        with torch.inference_mode():
+            expected = loaded.objective.predict(loaded.network.eval()(reference.batch(user, candidates, at, 0, past)))
+        assert set(served) == {key for key in expected if key != "logit"}
+        for key in served:
+            np.testing.assert_allclose(served[key], expected[key].double().numpy(), rtol=1e-4,
+                                       err_msg=f"request {i}: {key}")
+    assert used_snapshot == [True, True, False, False, True]
+
+
+def test_ranking_key_comes_from_the_ranker(recommender: Recommender) -> None:
+    """The order is the ranker's ranking key, whatever it is, not a hard-coded expected_watch_s."""
+    user = _known_user(recommender, 6)
+    ranker = recommender.ranker
+    original_predict, original_key = ranker.predict, ranker.ranking_key
+    try:
+        # An objective whose ranking key is the reverse of its expected watch time.
+        def reversed_predict(logits):  # type: ignore[no-untyped-def]
+            served = original_predict(logits)
+            return {**served, "score": -served["expected_watch_s"]}
+
+        ranker.predict = reversed_predict
+        ranker.ranking_key = "score"
+        answer = recommender.recommend(user, 10)
+    finally:
+        ranker.predict, ranker.ranking_key = original_predict, original_key
+    served = [item.expected_watch_s for item in answer.items]
+    assert served == sorted(served)  # ascending: ranked by "score"

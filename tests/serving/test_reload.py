@@ -164,3 +164,59 @@ def test_admin_token_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(None, ["admin_token=short"])
     with pytest.raises(ConfigError, match="default_k"):
         load_settings(None, ["default_k=50", "max_k=10"])
+
+
+def test_two_worker_processes_serve_and_follow_the_pointer(bundle_dir: Path, tmp_path: Path) -> None:
+    """`ytdnn serve` with workers = 2 answers, /admin/reload refuses (it would reach one worker),
+    and a moved `current` pointer reaches the workers (20 answers in a row on the new model, over
+    new connections the kernel spreads between them)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = tmp_path / "bundles"
+    root.mkdir()
+    copy_with_version(bundle_dir, root / "one", "v-one")
+    copy_with_version(bundle_dir, root / "two", "v-two")
+    set_current(root, "one")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = tmp_path / "serving.toml"
+    config.write_text(f'workers = 2\ncandidate_count = 40\nmax_k = 20\nwarmup_requests = 2\nwatch_interval_s = 0.2\n'
+                      f'admin_token = "{ADMIN_TOKEN}"\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "ytdnn.cli", "serve", str(root), "--host", "127.0.0.1",
+                               "--port", str(port), "--config", str(config)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        versions: Counter[str] = Counter()
+        while sum(versions.values()) < 20:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the workers never answered"
+            try:  # a new connection per request: the kernel spreads them over the workers
+                answer = httpx.post(f"{base}/v1/recommend", json={"user_id": 1, "k": 3}, timeout=10)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+                continue
+            assert answer.status_code == 200, answer.text
+            versions[answer.json()["model_version"]] += 1
+        assert versions == Counter({"v-one": 20})
+        refused = httpx.post(f"{base}/admin/reload", headers=AUTH, timeout=10)
+        assert refused.status_code == 409 and "pointer" in refused.json()["detail"]
+        set_current(root, "two")
+        streak = 0
+        while streak < 20:
+            assert time.monotonic() < deadline, "the pointer change did not reach every worker"
+            version = httpx.post(f"{base}/v1/recommend", json={"user_id": 1, "k": 3}, timeout=10).json()["model_version"]
+            streak = streak + 1 if version == "v-two" else 0
+            time.sleep(0.02)
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()

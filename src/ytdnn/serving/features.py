@@ -17,7 +17,12 @@ on KuaiRand). Serving splits the work by what each feature depends on:
   normalised by the pipeline's own fitted vocabularies and quantile normalisers;
 - **item-side history** (the candidate's click rate, watch time per impression and recent
   impressions over *all* users' events before ``now``): prefix sums over the bundled log sorted
-  by (video, time), built once at load; a request costs one binary search per candidate.
+  by (video, time), built once at load; a request costs one binary search per candidate. At the
+  service's default request time these values are the same for every request, so the loader
+  also takes a **snapshot** of them for every video (:meth:`FastRankingFeatures.item_table_batch`
+  with a time) and folds it into the precomputed item half of the first layer; a request for
+  which it holds (:meth:`FastRankingFeatures.snapshot_applies`: no logged event between the two
+  times, no request event on a candidate) computes no item-side feature at all.
 
 :class:`PipelineRankingFeatures` is the reference (the pipeline's own serving path,
 ``transform_requests``); tests hold the fast path equal to it on real data. A layout with a
@@ -153,8 +158,9 @@ def _expand_into(out: np.ndarray, normaliser: QuantileNormaliser, values: np.nda
 
 
 def _null_history_columns(n: int) -> list[pl.Series]:
-    columns = [pl.Series(CLICKED_IDS, [[] for _ in range(n)], dtype=pl.List(pl.Int64))]
-    columns += [pl.Series(name, [None] * n, dtype=pl.Float64) for name in HISTORY_COLUMNS[1:]]
+    # One row repeated (a Python list of n empty lists costs ~0.2 s per 30k rows at load).
+    columns = [pl.Series(CLICKED_IDS, [[]], dtype=pl.List(pl.Int64)).new_from_index(0, n)]
+    columns += [pl.Series(name, [None], dtype=pl.Float64).new_from_index(0, n) for name in HISTORY_COLUMNS[1:]]
     return columns
 
 
@@ -205,6 +211,17 @@ class _VideoHistoryIndex:
                                           "too wide for one int64 key")
         ranks = np.searchsorted(self._video_keys, videos)
         self._keys = ranks * self._span + (times - self._t0)
+        self._times = np.sort(times)
+
+    def same_history(self, t_a: int, t_b: int) -> bool:
+        """Whether every video's history is the same "before t_a" as "before t_b": no counted
+        event in [lo, hi) (the counts before t) nor in [lo − W, hi − W) (the window counts),
+        lo = min(t_a, t_b), hi = max(t_a, t_b)."""
+        lo, hi = min(t_a, t_b), max(t_a, t_b)
+        if lo == hi:
+            return True
+        edges = np.searchsorted(self._times, np.array([lo, hi, lo - self.window_ms, hi - self.window_ms]))
+        return bool(edges[0] == edges[1] and edges[2] == edges[3])
 
     def _first_at_or_after(self, rank: np.ndarray, t: np.ndarray) -> np.ndarray:
         offset = np.clip(t - self._t0, 0, self._span - 1)
@@ -375,9 +392,19 @@ class FastRankingFeatures:
         position, found = _positions(self._video_ids, np.asarray(candidates, dtype=np.int64))
         return np.where(found, position, self._video_ids.size), found
 
-    def item_table_batch(self) -> RankingBatch:
+    @property
+    def has_item_history(self) -> bool:
+        """Whether the layout has item-side history features (which change with the request time)."""
+        return self._video_history is not None
+
+    def item_table_batch(self, history_at_ms: int | None = None) -> RankingBatch:
         """One row per video of the table (and a last row for a video outside it), item columns
-        only (everything else zero): the input of the item half of the first layer."""
+        only (everything else zero): the input of the item half of the first layer.
+
+        ``history_at_ms``: also fill the item-side history columns with each video's history over
+        every user's counted events before that time (a **snapshot**; see :meth:`snapshot_applies`);
+        None leaves them zero (the cross half then computes them per request).
+        """
         n = self._item_cat.shape[0]
         categorical = np.zeros((n, len(self._cat_specs)), dtype=np.int64)
         categorical[:, self._item_cat_cols] = self._item_cat
@@ -385,18 +412,45 @@ class FastRankingFeatures:
                        for j in range(len(self._mv_specs))]
         dense = np.zeros((n, self._dense_width), dtype=np.float32)
         dense[:, self._item_dense_cols] = self._item_dense
+        if history_at_ms is not None and self._video_history is not None:
+            absent = int(self._video_ids.max()) + 1 if self._video_ids.size else 1
+            videos = np.concatenate([self._video_ids, [absent]])
+            values = self._item_history_values(self._video_history.before(videos, history_at_ms))
+            for slot in self._dense_slots:
+                if slot.name in values:
+                    _expand_into(dense[:, slot.start:slot.start + slot.width], self.pipeline.normalisers[slot.name],
+                                 values[slot.name])
         zeros = torch.zeros(n)
         return RankingBatch(torch.from_numpy(categorical), [torch.from_numpy(m) for m in multivalent],
                             torch.from_numpy(dense), zeros, zeros)
 
+    def snapshot_applies(self, candidates: np.ndarray, now_ms: int, past_log: pl.DataFrame, snapshot_ms: int) -> bool:
+        """Whether the item-side history of ``candidates`` at ``now_ms`` equals the snapshot taken
+        at ``snapshot_ms`` (:meth:`item_table_batch`): no logged event between the two times
+        (:meth:`_VideoHistoryIndex.same_history`), and no event the request brought
+        (``row_id < 0``) on a candidate (those count in the candidate's history too)."""
+        if self._video_history is None:
+            return True
+        if not self._video_history.same_history(now_ms, snapshot_ms):
+            return False
+        if past_log.height == 0 or "row_id" not in past_log.columns:
+            return True
+        row_id = past_log["row_id"]
+        if int(row_id.min()) >= 0:  # type: ignore[arg-type]
+            return True
+        request_videos = past_log["video_id"].to_numpy()[row_id.to_numpy() < 0]
+        return not np.isin(np.asarray(candidates, dtype=np.int64), request_videos.astype(np.int64)).any()
+
     def batch(self, user_id: int, candidates: np.ndarray, now_ms: int, tab: int, past_log: pl.DataFrame, *,
-              item_columns: bool = True, user_rows: Literal["all", "first"] = "all") -> RankingBatch:
+              item_columns: bool = True, user_rows: Literal["all", "first"] = "all",
+              item_history: bool = True) -> RankingBatch:
         """Features of the impressions (user, candidates[i], now_ms, tab) given ``past_log``
         (that user's events; those at or after ``now_ms`` are ignored).
 
         For the cached path (the network reads the user side from row 0 only and the item side
         from its precomputed table): ``user_rows="first"`` fills the user columns of row 0 only,
-        ``item_columns=False`` leaves the item columns zero.
+        ``item_columns=False`` leaves the item columns zero, and ``item_history=False`` leaves the
+        item-side history columns zero too (the table is a snapshot that holds them).
         """
         n = candidates.size
         video_pos, video_found = _positions(self._video_ids, candidates)
@@ -407,7 +461,7 @@ class FastRankingFeatures:
 
         events = past_log.filter(pl.col("time_ms") < now_ms) if past_log.height and \
             int(past_log["time_ms"].max()) >= now_ms else past_log
-        history = self._history(events, candidates, video_pos, video_found, now_ms)
+        history = self._history(events, candidates, video_pos, video_found, now_ms, item_history=item_history)
 
         categorical = np.zeros((n, len(self._cat_specs)), dtype=np.int64)
         if item_columns:
@@ -442,7 +496,7 @@ class FastRankingFeatures:
             dense[:, self._item_dense_cols] = self._item_dense[item_rows]
         dense[users, self._profile_dense_cols] = self._profile_dense[user_row]
         for slot in self._dense_slots:
-            if slot.group == "history":
+            if slot.group == "history" and slot.name in history:
                 rows = users if slot.side == "user" else slice(None)
                 _expand_into(dense[rows, slot.start:slot.start + slot.width], self.pipeline.normalisers[slot.name],
                              history[slot.name])
@@ -451,10 +505,11 @@ class FastRankingFeatures:
                             dense=torch.from_numpy(dense), is_click=zeros, watch_time_s=zeros)
 
     def _history(self, events: pl.DataFrame, candidates: np.ndarray, video_pos: np.ndarray, video_found: np.ndarray,
-                 now_ms: int) -> dict[str, np.ndarray]:
+                 now_ms: int, item_history: bool = True) -> dict[str, np.ndarray]:
         """:mod:`ytdnn.features.history`'s columns for (user, candidate, now), every event before now.
 
-        User-side values are [1] arrays, cross-side ones [n]; null is NaN.
+        User-side values are [1] arrays, cross-side ones [n]; null is NaN. ``item_history=False``
+        leaves out the item-side history columns.
         """
         config = self.history_config
         n = candidates.size
@@ -513,7 +568,7 @@ class FastRankingFeatures:
         out[AUTHOR_CLICKS] = author_clicks
         out[AUTHOR_CLICK_SHARE] = (author_clicks / clicks) if clicks else np.zeros(n)
         out[S_SINCE_LAST_AUTHOR_CLICK] = np.where(found, (now_ms - _take(last_time, pos, found, 0.0)) / 1000.0, np.nan)
-        if self._video_history is not None:
+        if self._video_history is not None and item_history:
             out.update(self._item_history(candidates, now_ms, videos, times, clicked, watch, request_rows))
         return out
 
@@ -522,7 +577,6 @@ class FastRankingFeatures:
         """The candidates' click rate, watch per impression and recent impressions over every
         user's counted events before ``now`` (the bundled log, plus this request's own events)."""
         assert self._video_history is not None
-        config = self.history_config
         sums = self._video_history.before(candidates, now_ms)
         for event in np.flatnonzero(request_rows):
             # The request's own events (already deduplicated against the user's logged ones)
@@ -534,6 +588,13 @@ class FastRankingFeatures:
                 sums["watch_s"][rows] += watch[event]
                 if times[event] >= now_ms - self._window_ms:
                     sums["impressions_window"][rows] += 1.0
+        return self._item_history_values(sums)
+
+    def _item_history_values(self, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Item-side history features from a video's counted impressions, clicks, watch seconds
+        and recent impressions: click rate (c + k·p₀)/(n + k), watch per impression
+        (w + k·m₀)/(n + k) (k = 0: c/n and w/n, the priors when n = 0), window impressions."""
+        config = self.history_config
         k, p0 = config.click_rate_prior_strength, config.click_rate_prior
         m0 = getattr(config, "watch_prior_s", 0.0)
         imps, clicks, watch_s = sums["impressions"], sums["clicks"], sums["watch_s"]

@@ -166,14 +166,18 @@ def zero_sides(net: RankingNet, batch: RankingBatch, sides: Sequence[str], *,
     return RankingBatch(categorical, multivalent, dense, batch.is_click, batch.watch_time_s)
 
 
-def item_hidden_table(net: RankingNet, item_batch: RankingBatch, chunk_rows: int = 65_536) -> np.ndarray:
+def item_hidden_table(net: RankingNet, item_batch: RankingBatch, chunk_rows: int = 65_536, *,
+                      with_item_history: bool = False) -> np.ndarray:
     """h_i = W_i·x_i for every row of ``item_batch`` (rows = videos), float32 [rows, h1].
 
-    The cross and item-history inputs are zeroed, so W_c·x_c reduces to its static item part
-    (W_c has no bias); the cross-tower graph adds the rest per request.
+    The cross inputs are zeroed, and so are the item-history inputs unless
+    ``with_item_history``, so W_c·x_c reduces to its static item part (W_c has no bias); the
+    cross-tower graph adds the rest per request. With ``with_item_history`` the table also holds
+    W_h·x_h of the item-history values in ``item_batch`` (a snapshot at one request time), and
+    the cross tower must then be fed zeros in those columns (W_h·0 = 0, so nothing is counted twice).
     """
     net = net.eval()
-    only_items = zero_sides(net, item_batch, ("user", "cross"), dynamic_items=True)
+    only_items = zero_sides(net, item_batch, ("user", "cross"), dynamic_items=not with_item_history)
     parts = []
     with torch.inference_mode():
         for start in range(0, len(only_items), chunk_rows):

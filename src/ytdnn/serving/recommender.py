@@ -13,10 +13,12 @@ One request runs
 3. **ranking** (:class:`SplitRanker`): the feature pipeline builds one batch for the N
    candidates; the user half of the first layer, :math:`h_u = W_u x_u + b`, is computed once
    from row 0 and the candidate half :math:`W_c x_c` for all rows in one matrix product,
-   :math:`z = \mathrm{tower}(h_u + W_c x_c)`; the objective turns z into the served
-   ``expected_watch_s`` (e^z for weighted LR), ``odds`` and ``p_click`` where it has them;
-4. the top k by the objective's ranking key (``expected_watch_s``, or ``p_click`` for click
-   models), best first, ``rank`` 1..k.
+   :math:`z = \mathrm{tower}(h_u + W_c x_c)`, where the item part of :math:`W_c x_c` (and,
+   at the default request time, the item-side history's part) is a row of a table computed at
+   load; the objective turns z into the served ``expected_watch_s`` (e^z for weighted LR),
+   ``odds`` and ``p_click`` where it has them;
+4. the top k by the ranker's ranking key (whatever the objective ranks by: its
+   ``expected_watch_s``, its odds, or ``p_click`` for click models), best first, ``rank`` 1..k.
 
 Unknown users are ranked with every user feature absent (the user id and profile fall back to
 the out-of-vocabulary row, the history is empty), which is what "no user features" means for a
@@ -295,28 +297,44 @@ class SplitRanker:
     table, :func:`~ytdnn.serving.onnx_ranker.item_hidden_table`) and features that support it,
     a request whose candidates are all in the table only gathers their item rows and computes
     the cross part and the tower; otherwise the whole candidate half is computed.
+
+    ``item_snapshot`` = (t_s, table): the same table with the item-side history (every user's
+    events on the video before t_s: click rate, watch per impression, recent impressions)
+    folded in. A request whose candidates have the same history at its own time as at t_s (no
+    logged event in between, no request event on a candidate; see
+    :meth:`~ytdnn.serving.features.FastRankingFeatures.snapshot_applies`) gathers these rows and
+    computes no item-side feature at all; any other request computes that history itself,
+    exactly. The scores are the same either way (float32 rounding apart; tested).
     """
 
     def __init__(self, features: RankingFeatures, network: SplitNetwork,
                  predict: Callable[[torch.Tensor], dict[str, torch.Tensor]], ranking_key: str = "expected_watch_s",
-                 item_hidden: np.ndarray | None = None) -> None:
+                 item_hidden: np.ndarray | None = None,
+                 item_snapshot: tuple[int, np.ndarray] | None = None) -> None:
         self.features = features
         self.network = network
         self.predict = predict
         self.ranking_key = ranking_key
         self.item_hidden = item_hidden if item_hidden is not None and hasattr(features, "item_rows") else None
+        self.item_snapshot = item_snapshot if self.item_hidden is not None else None
 
     def logits(self, user_id: int, candidates: np.ndarray, now_ms: int, tab: int, past_log: pl.DataFrame,
                timings: dict[str, float] | None = None) -> np.ndarray:
         """[N, n_heads] logits of the candidates."""
         started = time.perf_counter()
         rows = None
+        table = self.item_hidden
+        item_history = True
         if self.item_hidden is not None:
             rows, found = self.features.item_rows(candidates)  # type: ignore[attr-defined]
             rows = rows if found.all() else None
+            snapshot = self.item_snapshot
+            if rows is not None and snapshot is not None and \
+                    self.features.snapshot_applies(candidates, now_ms, past_log, snapshot[0]):  # type: ignore[attr-defined]
+                table, item_history = snapshot[1], False
         if rows is not None:
             batch = self.features.batch(user_id, candidates, now_ms, tab, past_log,  # type: ignore[call-arg]
-                                        item_columns=False, user_rows="first")
+                                        item_columns=False, user_rows="first", item_history=item_history)
         else:
             batch = self.features.batch(user_id, candidates, now_ms, tab, past_log)
         if len(batch) != candidates.size:
@@ -326,7 +344,7 @@ class SplitRanker:
         # Every row carries the same user features; row 0 stands for all of them.
         user_hidden = self.network.user_hidden(categorical[:1], [m[:1] for m in multivalent], dense[:1])
         if rows is not None:
-            logits = self.network.cached_logits(user_hidden, self.item_hidden[rows],  # type: ignore[index]
+            logits = self.network.cached_logits(user_hidden, table[rows],  # type: ignore[index]
                                                 categorical, multivalent, dense)
         else:
             logits = self.network.logits(user_hidden, categorical, multivalent, dense)

@@ -38,6 +38,11 @@ class ServingSettings(JobConfig):
     item_cache: bool = Field(True, description="precompute the item half of the ranker's first layer for every "
                                                "video at load (a request then only gathers its rows)")
     intra_op_threads: int = Field(1, ge=1, le=64, description="threads per matrix product (ONNX Runtime / PyTorch)")
+    workers: int = Field(1, ge=1, le=64, description="server processes (uvicorn workers), each with its own copy "
+                         "of the model; with more than one, bundles are rolled out through the watched `current` "
+                         "pointer (every worker follows it) and /admin/reload answers 409")
+    scoring_threads: int = Field(0, ge=0, le=64, description="0: score on the event loop (cheapest for CPU-bound "
+                                 "requests of a few ms); N: in a pool of N worker threads")
     warmup_requests: int = Field(30, ge=0, description="requests run on a freshly loaded model before it serves")
     admin_token: str | None = Field(None, description=f"token for /admin routes; ${ADMIN_TOKEN_ENV} overrides it")
     watch_pointer: bool = Field(False, description="poll the `current` pointer beside the bundles and reload "
