@@ -102,6 +102,7 @@ from ytdnn.evaluation.metrics import (
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet
+from ytdnn.training.calibration import calibration_rows, mean_match_factor
 from ytdnn.training.losses import RANKING_OBJECTIVES, RankingObjective, check_objective_name, make_objective
 from ytdnn.training.ranker import WEIGHTED_PER_USER_LOSS, RankerConfig, page_ids
 from ytdnn.training.trainer import VALIDATION_LOSS, MetricFn, Trainer, predict_outputs, torch_threads
@@ -190,7 +191,11 @@ DEFAULT_METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(label="wlr-resample", objective="wlr-resample"),  # Poisson(c·T) copies
     MethodSpec(label="wlr-resample-round", objective="wlr-resample", params={"copies": "round"}),
     MethodSpec(label="wlr-exact", objective="wlr-exact"),
-    MethodSpec(label="wlr-corrected", objective="wlr-corrected"),
+    # The study's wlr-corrected ranks by its served value and is not calibrated by the objective
+    # (its "× held-out mean match" and "ranked by odds" variants are computed from the same run);
+    # the ranker's default wlr-corrected is rank_by="odds" with that calibration.
+    MethodSpec(label="wlr-corrected", objective="wlr-corrected",
+               params={"rank_by": "expected_watch_s", "calibrate": False}),
     MethodSpec(label="poisson", objective="poisson"),
     MethodSpec(label="mse", objective="mse"),
     MethodSpec(label="log-mse", objective="log-mse"),
@@ -369,8 +374,13 @@ class WlrMethodsConfig(JobConfig):
         return self
 
     def ranker_config(self) -> RankerConfig:
-        """``RankerConfig()`` — the ranker's current defaults — with ``ranker`` overrides applied."""
-        return RankerConfig().merged(self.ranker) if self.ranker else RankerConfig()
+        """``RankerConfig()`` — the ranker's current defaults — with ``ranker`` overrides applied.
+
+        The objective section is pinned to the reference method (``wlr``): the study trains every
+        method itself and never reads it, so the worlds' fingerprints must not depend on the
+        ranker's default objective."""
+        base = RankerConfig(objective={"name": REFERENCE_METHOD})  # type: ignore[arg-type]
+        return base.merged(self.ranker) if self.ranker else base
 
     def families(self) -> list[tuple[str, SimulatorStudy]]:
         """The enabled simulator families, by name (the ``dataset`` of their worlds)."""
@@ -730,17 +740,10 @@ def refit_output_bias(network: RankingNet, objective: RankingObjective, batch: R
 
 
 def recalibration_rows(world: PreparedWorld, min_validation_clicks: int) -> tuple[str, RankingBatch]:
-    """Where the served mean is matched: the held-out validation day when it has at least
-    ``min_validation_clicks`` clicks, else the training rows.
-
-    Held-out rows because a network's outputs on its own training rows are optimistic (ids
-    memorise labels); the training rows only when the validation day is too small to pin the
-    level (±1/sqrt(clicks)), e.g. CTR 1% on the simulator.
-    """
-    labels = world.validation_labels
-    if world.validation is not None and labels is not None and int(labels.is_click.sum()) >= min_validation_clicks:
-        return "validation", world.validation
-    return "train", world.train
+    """Where the served mean is matched: :func:`ytdnn.training.calibration.calibration_rows` of the
+    world's validation and training rows (the ranker job's rule, so the study's "× held-out mean
+    match" is what the ranker's calibrated default serves)."""
+    return calibration_rows(world.validation, world.train, min_validation_clicks)
 
 
 def train_method(world: PreparedWorld, method: MethodSpec, ranker_config: RankerConfig, *, seed: int,
@@ -802,7 +805,7 @@ def train_method(world: PreparedWorld, method: MethodSpec, ranker_config: Ranker
     # Calibration in the large on held-out rows: one multiplicative constant on the served value.
     recal_on, recal_batch = recalibration_rows(world, min_recalibration_validation_clicks)
     recal_served = predictions_of(predict_outputs(network, recal_batch, eval_batch))["expected_watch_s"]
-    recal_factor = float(recal_batch.watch_time_s.double().mean()) / float(recal_served.mean())
+    recal_factor = mean_match_factor(recal_served, recal_batch.watch_time_s)
     recal_metrics, recal_bins = evaluate_predictions(world.test_labels, as_trained, objective.ranking_key, ndcg_k,
                                                      served_scale=recal_factor)
 
