@@ -15,8 +15,9 @@ One request runs
    from row 0 and the candidate half :math:`W_c x_c` for all rows in one matrix product,
    :math:`z = \mathrm{tower}(h_u + W_c x_c)`; the objective turns z into the served
    ``expected_watch_s`` (e^z for weighted LR), ``odds`` and ``p_click`` where it has them;
-4. the top k by the objective's ranking key (``expected_watch_s``, or ``p_click`` for click
-   models), best first, ``rank`` 1..k.
+4. the top k by the objective's ranking key (``odds`` for the default ``wlr-corrected``, which
+   serves the calibrated c · odds · (1 − p̂); ``expected_watch_s`` for most others; ``p_click``
+   for click models), best first, ``rank`` 1..k.
 
 Unknown users are ranked with every user feature absent (the user id and profile fall back to
 the out-of-vocabulary row, the history is empty), which is what "no user features" means for a
