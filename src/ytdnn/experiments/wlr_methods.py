@@ -1631,6 +1631,16 @@ def _findings(config: WlrMethodsConfig, summary: Mapping[str, Any], worlds: Mapp
     return lines + [""]
 
 
+def _ranker_default_note() -> str:
+    """What ``ytdnn train ranker`` trains by default, in words (the study's choice made the product's)."""
+    objective = make_objective(RankerConfig().objective.name, **RankerConfig().objective.params)
+    calibrated = getattr(objective, "calibrate", False)
+    return (f"The ranker's default objective (`ytdnn train ranker` without `--objective`) is `{objective.name}` ranked by "
+            f"`{objective.ranking_key}`" + (", its served value times the held-out mean-matching constant fitted after "
+                                            "training (`ytdnn.training.calibration`)" if calibrated else "")
+            + "; README (\"The default\") measures it trained by the ranker job itself.")
+
+
 def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary: Mapping[str, Any],
                   worlds: Mapping[str, Any], checks: Sequence[Mapping[str, Any]], default: Mapping[str, Any] | None,
                   figures: Mapping[str, str], wall_s: float, runs: Sequence[Mapping[str, Any]],
@@ -1769,5 +1779,6 @@ def render_report(config: WlrMethodsConfig, ranker_config: RankerConfig, summary
             lines += ["", (f"**Chosen: `{default['chosen']}`** (lowest weighted per-user loss among those that pass)."
                            if default["chosen"] else
                            f"**No method meets every requirement**; closest: `{default['closest']}`."), ""]
+            lines += [_ranker_default_note(), ""]
         lines += [CITATION, ""]
     return "\n".join(lines)
