@@ -133,7 +133,7 @@ def train_ranker_cmd(
                                                                  "into OUT/checkpoints.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Train the ranking network (weighted logistic regression by default)."""
+    """Train the ranking network (default: weighted LR + click head, ranked by the WLR odds, calibrated)."""
     from ytdnn.training.ranker import RankerConfig, train_ranker
 
     checkpoints = str(out / "checkpoints") if resume or checkpoint_every else None
