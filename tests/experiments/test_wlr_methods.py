@@ -446,6 +446,7 @@ def test_low_click_rate_worlds_get_impressions_for_the_click_target() -> None:
     assert enough.settings_for(0.44) == enough.settings  # unchanged: same world fingerprint as before
     off = wlr_methods.SimulatorStudy(settings={"n_users": 100}, min_expected_clicks=None)
     assert off.settings_for(0.01) == {"n_users": 100}
+    assert WlrMethodsConfig.load(None, {"quick": True}).learnable.min_expected_clicks is None  # quick stays quick
     # The study's defaults: only the 1% worlds change (≈ 5,000 clicks each instead of ≈ 1,100).
     config = WlrMethodsConfig()
     assert config.learnable.settings_for(0.01)["impressions_per_user_day"] == pytest.approx(89.3)
