@@ -33,11 +33,13 @@ def test_train_evaluate_predict_on_real_slice(tmp_path: Path, kuairand_slice: In
                  "baselines/click/model.json"):
         assert (run / name).exists(), name
     metrics = evaluate_ranker_run(run, data=kuairand_slice)
-    assert set(metrics["methods"]) == {"ranker (wlr)", "click", "popularity"}
-    ranker = metrics["methods"]["ranker (wlr)"]
+    assert set(metrics["methods"]) == {"ranker (wlr-corrected)", "click", "popularity"}
+    ranker = metrics["methods"]["ranker (wlr-corrected)"]
+    assert metrics["ranking_key"] == ranker["ranking_key"] == "odds"
     assert 0.0 < ranker["weighted_per_user_loss"] < 0.5 and 0.55 < ranker["xauc"] < 1.0
-    # Plain WLR over-predicts the mean watch time on this data (CTR ~0.44): odds = E[T]/(1-p).
-    assert ranker["mean_ratio"] > 1.3
+    # The paper's odds over-predict the mean watch time on this data (CTR ~0.44): odds = E[T]/(1-p);
+    # the served value is calibrated on the validation day.
+    assert ranker["odds_mean_ratio"] > 1.3 and 0.8 < ranker["mean_ratio"] < 1.25
     assert json.loads((run / "metrics.json").read_text())["test_rows"] == metrics["test_rows"]
     assert (run / "report.md").read_text().count("| popularity |") == 1
     assert (run / "calibration.png").stat().st_size > 10_000
@@ -46,15 +48,25 @@ def test_train_evaluate_predict_on_real_slice(tmp_path: Path, kuairand_slice: In
     test = kuairand_slice.impressions.filter(pl.col("date") >= 20220505)
     assert predictions.height == test.height  # duplicates kept
     assert predictions["time_ms"].to_list() == test["time_ms"].to_list()  # the log's order
-    assert {"expected_watch_s", "logit", "odds"} <= set(predictions.columns)
-    np.testing.assert_allclose(predictions["expected_watch_s"].to_numpy(), np.exp(predictions["logit"].to_numpy()),
-                               rtol=1e-6)
-    # The metrics recomputed from the predict output equal the evaluation's.
+    assert {"expected_watch_s", "logit", "odds", "p_click", "rank_score"} <= set(predictions.columns)
+    scale = metrics["watch_scale"]
+    np.testing.assert_allclose(predictions["odds"].to_numpy(), np.exp(predictions["logit"].to_numpy()), rtol=1e-6)
+    np.testing.assert_allclose(predictions["expected_watch_s"].to_numpy(),
+                               scale * predictions["odds"].to_numpy() * (1 - predictions["p_click"].to_numpy()),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(predictions["rank_score"].to_numpy(), predictions["odds"].to_numpy())
+    # The metrics recomputed from the predict output equal the evaluation's: ranking metrics on the
+    # rank score, calibration on expected_watch_s, and the ranking by expected_watch_s reported beside.
     pages = (test["user_id"] * 100_000_000 + test["date"].cast(pl.Int64)).to_numpy()
-    score = predictions["expected_watch_s"].to_numpy()
-    assert weighted_per_user_loss(pages, test["is_click"].to_numpy(), test["watch_time_s"].to_numpy(),
-                                  score) == pytest.approx(ranker["weighted_per_user_loss"])
-    assert xauc(test["watch_time_s"].to_numpy(), score) == pytest.approx(ranker["xauc"])
+    is_click, watch = test["is_click"].to_numpy(), test["watch_time_s"].to_numpy()
+    score = predictions["rank_score"].to_numpy()
+    served = predictions["expected_watch_s"].to_numpy()
+    assert weighted_per_user_loss(pages, is_click, watch, score) == pytest.approx(ranker["weighted_per_user_loss"])
+    assert xauc(watch, score) == pytest.approx(ranker["xauc"])
+    assert weighted_per_user_loss(pages, is_click, watch, served) == pytest.approx(
+        ranker["by_expected_watch_s_weighted_per_user_loss"])
+    assert xauc(watch, served) == pytest.approx(ranker["by_expected_watch_s_xauc"])
+    assert float(served.mean() / watch.mean()) == pytest.approx(ranker["mean_ratio"])
 
 
 def test_cli_reports_bad_config_without_a_traceback(tmp_path: Path) -> None:

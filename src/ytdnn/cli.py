@@ -133,7 +133,7 @@ def train_ranker_cmd(
                                                                  "into OUT/checkpoints.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Train the ranking network (weighted logistic regression by default)."""
+    """Train the ranking network (default: weighted LR + click head, ranked by the WLR odds, calibrated)."""
     from ytdnn.training.ranker import RankerConfig, train_ranker
 
     checkpoints = str(out / "checkpoints") if resume or checkpoint_every else None
@@ -239,12 +239,16 @@ def predict_cmd(
     split: Annotated[str, typer.Option(help="test | train | all")] = "test",
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Score impressions: one row per impression, in the log's order."""
+    """Score impressions: one row per impression, in the log's order (rank_score orders items)."""
     _use_data_dir(data_dir)
     from ytdnn.evaluation.ranker_eval import predict_split
 
+    from ytdnn.utils.io import read_json
+
     frame = predict_split(run_dir, split=split, out=out)
-    console.print(f"[green]wrote[/] {out} ({frame.height} rows)")
+    ranking_key = read_json(run_dir / "model.json").get("ranking_key", "expected_watch_s")
+    console.print(f"[green]wrote[/] {out} ({frame.height} rows); items are ordered by rank_score (= {ranking_key}); "
+                  "expected_watch_s is the served expected watch time")
 
 
 # ------------------------------------------------------------------------- simulate/experiments

@@ -90,8 +90,9 @@ def test_recommend(client: TestClient) -> None:
     assert body["user_id"] == user and body["cold_start"] is False and body["candidate_source"] == "retrieval"
     assert [item["rank"] for item in body["items"]] == [1, 2, 3, 4]
     assert set(body["items"][0]) == {"video_id", "rank", "expected_watch_s", "odds", "p_click"}
-    served = [item["expected_watch_s"] for item in body["items"]]
-    assert served == sorted(served, reverse=True)
+    odds = [item["odds"] for item in body["items"]]  # the default objective ranks by the WLR odds
+    assert odds == sorted(odds, reverse=True)
+    assert all(item["expected_watch_s"] > 0 and 0 < item["p_click"] < 1 for item in body["items"])
     default_k = client.post("/v1/recommend", json={"user_id": user}).json()
     assert len(default_k["items"]) == 10
 

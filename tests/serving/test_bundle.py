@@ -47,9 +47,11 @@ def test_manifest_lists_every_file_with_its_sha256(bundle_dir: Path) -> None:
         data = (bundle_dir / relative).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     assert manifest["version"].startswith(manifest["created_at"][:4])
-    assert manifest["configs"]["ranker"]["objective"]["name"] == "wlr"
+    assert manifest["configs"]["ranker"]["objective"]["name"] == "wlr-corrected"
     assert manifest["configs"]["retrieval"]["loss"]["kind"] == "full"
-    assert manifest["serving"]["ranking_key"] == "expected_watch_s"
+    assert manifest["serving"]["ranking_key"] == "odds"
+    ranker_model = json.loads((bundle_dir / "ranker" / "model.json").read_text())
+    assert manifest["serving"]["watch_scale"] == ranker_model["objective"]["watch_scale"] > 0
     assert manifest["serving"]["fast_features"] is True
     assert manifest["serving"]["retrieval"]["index_kind"] == "exact"
     assert verify_bundle(bundle_dir) == manifest

@@ -28,16 +28,22 @@ def _known_user(recommender: Recommender, i: int = 0) -> int:
     return int(recommender.store.logged_user_ids[i])
 
 
-def test_recommend_returns_top_k_by_expected_watch_time(recommender: Recommender) -> None:
+def test_recommend_returns_top_k_by_the_odds_with_calibrated_watch_time(recommender: Recommender,
+                                                                        runs: tuple[Path, Path]) -> None:
     user = _known_user(recommender, 4)
     answer = recommender.recommend(user, 7)
     assert answer.user_id == user and not answer.cold_start
     assert answer.candidate_source == "retrieval"
     assert answer.candidates_ranked == 40  # settings().candidate_count
     assert [item.rank for item in answer.items] == list(range(1, 8))
-    served = [item.expected_watch_s for item in answer.items]
-    assert served == sorted(served, reverse=True) and served[-1] > 0
-    assert all(item.odds == item.expected_watch_s and item.p_click is None for item in answer.items)  # plain WLR
+    # The default wlr-corrected ranks by the WLR odds and serves c · odds · (1 − p̂).
+    odds = [item.odds for item in answer.items]
+    assert odds == sorted(odds, reverse=True) and odds[-1] > 0
+    scale = load_ranker(runs[0]).objective.watch_scale
+    assert scale is not None and scale > 0
+    for item in answer.items:
+        assert item.odds is not None and item.p_click is not None and 0 < item.p_click < 1
+        assert item.expected_watch_s == pytest.approx(scale * item.odds * (1 - item.p_click), rel=1e-5)
     assert len({item.video_id for item in answer.items}) == 7
     assert answer.model_version == recommender.version
 
@@ -138,8 +144,8 @@ def test_rank_scores_every_given_video(recommender: Recommender) -> None:
     answer = recommender.rank(user, videos, context=RequestContext(tab=1))
     assert answer.candidate_source == "request" and answer.candidates_ranked == 25
     assert sorted(item.video_id for item in answer.items) == sorted(videos)
-    served = [item.expected_watch_s for item in answer.items]
-    assert served == sorted(served, reverse=True)
+    odds = [item.odds for item in answer.items]  # the ranking key of the default objective
+    assert odds == sorted(odds, reverse=True)
 
 
 def test_rank_rejects_unknown_duplicate_or_no_videos(recommender: Recommender) -> None:

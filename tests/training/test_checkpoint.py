@@ -194,7 +194,7 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     subprocess.run(_train_command(dataset, reference_dir), check=True, env=env, capture_output=True, timeout=300)
 
     killed_dir = tmp_path / "killed"
-    checkpoints = killed_dir / "checkpoints" / "wlr"
+    checkpoints = killed_dir / "checkpoints" / "wlr-corrected"  # the default objective
     process = subprocess.Popen(_train_command(dataset, killed_dir), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -221,3 +221,4 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     left, right = load_file(str(reference_dir / "model.safetensors")), load_file(str(killed_dir / "model.safetensors"))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
     assert math.isfinite(resumed["best_validation"]["weighted_per_user_loss"])
+    assert resumed["calibration"] == reference["calibration"]  # the same held-out constant c

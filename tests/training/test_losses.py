@@ -9,6 +9,7 @@ import torch
 
 from ytdnn.training.losses import (
     MAX_LOGIT_FOR_EXP,
+    RANK_BY_CHOICES,
     RANKING_OBJECTIVES,
     ObjectiveError,
     ObjectiveInputError,
@@ -197,6 +198,49 @@ def test_regression_losses_start_at_one_at_the_bias_only_optimum() -> None:
 # ---------------------------------------------------------------------------------------------
 # wlr-resample
 # ---------------------------------------------------------------------------------------------
+
+
+def test_wlr_corrected_ranks_by_the_odds_by_default_and_rank_by_round_trips() -> None:
+    default = make_objective("wlr-corrected")
+    assert default.ranking_key == "odds" and default.calibrates and default.watch_scale is None  # type: ignore[attr-defined]
+    for rank_by in RANK_BY_CHOICES:
+        for calibrate in (True, False):
+            objective = make_objective("wlr-corrected", rank_by=rank_by, calibrate=calibrate).fit(IS_CLICK, WATCH)
+            objective.set_watch_scale(1.25)
+            config = objective.to_config()
+            assert config["rank_by"] == rank_by and config["watch_scale"] == 1.25 and config["calibrate"] is calibrate
+            rebuilt = objective_from_config(config)
+            assert rebuilt == objective and rebuilt.ranking_key == rank_by and rebuilt.calibrates is calibrate
+    with pytest.raises(ObjectiveError, match=r"rank_by must be one of \['odds', 'expected_watch_s'\], got 'p_click'"):
+        make_objective("wlr-corrected", rank_by="p_click")
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ObjectiveError, match="watch_scale must be a finite number > 0"):
+            make_objective("wlr-corrected", watch_scale=bad)
+    # The ranking key is per instance: one objective's rank_by does not leak into another.
+    assert make_objective("wlr-corrected", rank_by="expected_watch_s").ranking_key == "expected_watch_s"
+    assert make_objective("wlr-corrected").ranking_key == "odds"
+    # Objectives without a calibration constant say so.
+    assert not make_objective("wlr").calibrates and make_objective("wlr").ranking_key == "expected_watch_s"
+    with pytest.raises(ObjectiveError, match="wlr: this objective has no calibration constant"):
+        make_objective("wlr").set_watch_scale(2.0)
+
+
+def test_wlr_corrected_serves_the_scale_times_odds_times_one_minus_p_click() -> None:
+    objective = make_objective("wlr-corrected").fit(IS_CLICK, WATCH)
+    outputs = torch.tensor([[math.log(40.0), 0.0], [math.log(10.0), math.log(3.0)], [2.0, -1.5]], dtype=torch.float64)
+    unscaled = objective.predict(outputs)
+    # Hand-worked rows: odds 40, p = 0.5 -> 20 s; odds 10, p = 0.75 -> 2.5 s.
+    assert unscaled["expected_watch_s"][:2].tolist() == pytest.approx([20.0, 2.5], rel=1e-12)
+    objective.set_watch_scale(1.6)
+    scaled = objective.predict(outputs)
+    expected = 1.6 * scaled["odds"] * (1 - scaled["p_click"])
+    assert scaled["expected_watch_s"].tolist() == pytest.approx(expected.tolist(), rel=1e-12)
+    assert scaled["expected_watch_s"][:2].tolist() == pytest.approx([32.0, 4.0], rel=1e-12)
+    # The odds (the paper's score, the ranking key) and p_click are not scaled.
+    torch.testing.assert_close(scaled["odds"], unscaled["odds"], rtol=0, atol=0)
+    torch.testing.assert_close(scaled["p_click"], unscaled["p_click"], rtol=0, atol=0)
+    objective.set_watch_scale(None)
+    torch.testing.assert_close(objective.predict(outputs)["expected_watch_s"], unscaled["expected_watch_s"])
 
 
 def test_resample_fit_chooses_c_so_expected_copies_equal_clicks() -> None:

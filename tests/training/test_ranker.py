@@ -47,8 +47,11 @@ def test_run_folder_is_complete(run) -> None:
                      "model.json", "model.safetensors", "training.json"]
     assert RankerConfig.read(out_dir / "config.json") == config
     model = json.loads((out_dir / "model.json").read_text())
-    assert model["objective"]["name"] == "wlr" and model["objective"]["loss_scale"] > 1  # fitted constant saved
-    assert model["network"]["hidden"] == [16] and model["ranking_key"] == "expected_watch_s"
+    # The default objective: wlr-corrected ranked by its odds, with a fitted calibration constant.
+    assert model["objective"]["name"] == "wlr-corrected" and model["objective"]["loss_scale"] > 1  # fitted, saved
+    assert model["objective"]["rank_by"] == "odds" and model["objective"]["calibrate"] is True
+    assert model["network"]["hidden"] == [16] and model["ranking_key"] == "odds"
+    assert model["objective"]["watch_scale"] == result.ranker.objective.watch_scale > 0
     training = json.loads((out_dir / "training.json").read_text())
     assert training["validation_dates"] == [20220504] and result.validation_dates == [20220504]
     assert training["n_train"] == result.n_train > 0 and training["n_validation"] == result.n_validation > 0
@@ -73,13 +76,14 @@ def test_loaded_ranker_gives_identical_scores_and_the_recorded_validation_loss(r
     loaded = load_ranker(out_dir)
     in_memory = result.ranker.score_frame(frame, data.users, data.videos)
     reloaded = loaded.score_frame(frame, data.users, data.videos)
-    assert set(reloaded) == {"logit", "odds", "expected_watch_s"}
+    assert set(reloaded) == {"logit", "odds", "p_click", "expected_watch_s"}
     for key in reloaded:
         np.testing.assert_array_equal(reloaded[key], in_memory[key])
     assert np.all(np.isfinite(reloaded["expected_watch_s"])) and np.all(reloaded["expected_watch_s"] > 0)
-    # The saved weights are the best epoch's: they reproduce its recorded validation metric.
+    # The saved weights are the best epoch's: they reproduce its recorded validation metric, which
+    # scores the ranking key (the odds), not the served value.
     loss = weighted_per_user_loss(page_ids(frame), frame["is_click"].to_numpy(), frame["watch_time_s"].to_numpy(),
-                                  reloaded["expected_watch_s"])
+                                  reloaded["odds"])
     assert loss == pytest.approx(result.validation["weighted_per_user_loss"], abs=1e-12)
     best = result.history.best
     assert best is not None and best.validation == result.validation
@@ -104,8 +108,40 @@ def test_bias_starts_at_the_objective_optimum(run, data: InteractionData) -> Non
     training = json.loads((out_dir / "training.json").read_text())
     train = data.impressions.filter(pl.col("date") <= 20220503)
     watch, clicks = float(train["watch_time_s"].sum()), int(train["is_click"].sum())
-    # WLR bias-only optimum: log(ΣT / (N − k)).
+    # wlr-corrected's bias-only optimum: [log(ΣT / (N − k)), log(k / (N − k))].
     assert training["init_bias"][0] == pytest.approx(np.log(watch / (train.height - clicks)), rel=1e-5)
+    assert training["init_bias"][1] == pytest.approx(np.log(clicks / (train.height - clicks)), rel=1e-5)
+
+
+def test_served_value_is_the_calibrated_odds_times_one_minus_p(run, data: InteractionData) -> None:
+    _, result, out_dir = run
+    training = json.loads((out_dir / "training.json").read_text())
+    calibration = training["calibration"]
+    # The validation day has fewer than 1000 clicks, so the constant is fitted on the training rows.
+    assert calibration["rows"] == "train" and calibration["n_rows"] == result.n_train
+    loaded = load_ranker(out_dir)
+    scale = loaded.objective.watch_scale
+    assert scale == calibration["watch_scale"]
+    train = data.impressions.filter(pl.col("date") <= 20220504)
+    frame = result.ranker.pipeline.add_history(train, data.videos).filter(pl.col("date") <= 20220503)
+    scores = loaded.score_frame(frame, data.users, data.videos)
+    np.testing.assert_allclose(scores["expected_watch_s"], scale * scores["odds"] * (1.0 - scores["p_click"]),
+                               rtol=1e-5)
+    # c makes the served mean equal the observed mean on the rows it was fitted on.
+    assert float(scores["expected_watch_s"].mean()) == pytest.approx(float(frame["watch_time_s"].mean()), rel=1e-5)
+    assert calibration["mean_ratio_before"] == pytest.approx(1.0 / scale)
+
+
+def test_plain_wlr_stays_selectable(tmp_path: Path, data: InteractionData) -> None:
+    config = RankerConfig.load(overrides=FAST | {"baselines.click": False, "train.epochs": 1, "objective.name": "wlr"})
+    result = train_ranker(config, tmp_path, data=data)
+    model = json.loads((tmp_path / "model.json").read_text())
+    assert model["objective"]["name"] == "wlr" and model["ranking_key"] == "expected_watch_s"
+    assert "calibration" not in json.loads((tmp_path / "training.json").read_text())
+    batch = result.ranker.pipeline.transform(
+        result.ranker.pipeline.add_history(data.impressions, data.videos).head(50), data.users, data.videos)
+    scores = load_ranker(tmp_path).score_batch(batch)
+    np.testing.assert_array_equal(scores["expected_watch_s"], scores["odds"])  # the paper's e^(Wx+b)
 
 
 def test_incomplete_folder_is_refused(run, tmp_path: Path) -> None:
@@ -175,4 +211,4 @@ def test_empty_frame_scores_to_empty_arrays(run, data: InteractionData) -> None:
     _, result, _ = run
     frame = _validation_frame(result, data).head(0)
     scores = result.ranker.score_frame(frame, data.users, data.videos)
-    assert set(scores) == {"logit", "odds", "expected_watch_s"} and all(len(v) == 0 for v in scores.values())
+    assert set(scores) == {"logit", "odds", "p_click", "expected_watch_s"} and all(len(v) == 0 for v in scores.values())

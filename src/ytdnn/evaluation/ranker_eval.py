@@ -1,9 +1,16 @@
 r"""Evaluate a ranker run on the test days, with its baselines, and write the report.
 
 Everything here is scored the same way, on the test impressions (date >= test_start), with the
-definitions of ``docs/metrics.md``:
+definitions of ``docs/metrics.md`` ("s is the score being judged: for ranking metrics, whatever
+the model ranks by; for calibration, expected_watch_s"): the ranking metrics (weighted per-user
+loss, XAUC, XAUC clicked, XGAUC, GAUC) score the objective's **ranking key**, the calibration
+metrics (mean ratio, relative calibration error, RMSE, MAE, the reliability plot) its served
+``expected_watch_s``.
 
-- the ranker (served score: the objective's ``expected_watch_s``, e^(Wx+b) for plain WLR);
+- the ranker. With the default ``wlr-corrected`` it ranks by the WLR odds e^(Wx+b) and serves
+  c · odds · (1 − p̂); for honesty its row also carries the weighted per-user loss and the XAUCs
+  of ranking by the served value itself (``by_expected_watch_s_*``) and the odds' own mean ratio.
+  With plain ``wlr`` both are e^(Wx+b);
 - ``click``: the unweighted click model with the same network (trained by the same job), ranked
   by p̂ and served as p̂ · mean(T | click);
 - ``popularity``: each video's mean watch time per impression in train (unseen videos get the
@@ -92,9 +99,34 @@ def expected_wlr_ratio(test: pl.DataFrame, prior_strength: float = 5.0) -> dict[
             "per_video": float(np.sum(n * mean_t / (1.0 - p_hat)) / np.sum(n * mean_t))}
 
 
-def _metrics_for(test: pl.DataFrame, pages: np.ndarray, score: np.ndarray, served: np.ndarray) -> dict[str, Any]:
+BY_SERVED_KEYS = ("weighted_per_user_loss", "xauc", "xauc_clicked", "xgauc", "gauc")
+"""Ranking metrics also reported for ranking by ``expected_watch_s`` when the model ranks by another key."""
+
+
+def _metrics_for(test: pl.DataFrame, pages: np.ndarray, score: np.ndarray,
+                 served: np.ndarray | None) -> dict[str, Any]:
     return ranking_metrics(pages, test["user_id"].to_numpy(), test["is_click"].to_numpy(),
                            test["watch_time_s"].to_numpy(), score, served)
+
+
+def scored_metrics(test: pl.DataFrame, pages: np.ndarray, scores: dict[str, np.ndarray],
+                   ranking_key: str) -> dict[str, Any]:
+    """Metrics of one model's scores of ``test``: ranking metrics of ``scores[ranking_key]``,
+    calibration metrics of ``scores["expected_watch_s"]`` (docs/metrics.md), ``ranking_key``; when
+    the model ranks by another key, also ``by_expected_watch_s_*`` (the ranking metrics of ranking
+    by the served value itself); when it has ``odds`` that are not its served value, their
+    ``odds_mean_ratio`` (the paper's plain e^(Wx+b) read of the same model)."""
+    served = scores["expected_watch_s"]
+    out = _metrics_for(test, pages, scores[ranking_key], served) | {"ranking_key": ranking_key}
+    if ranking_key != "expected_watch_s":
+        # The odds are the cheaper order for the weighted per-user loss (see WLRCorrectedObjective);
+        # what ranking by the served value would give is reported beside, for honesty.
+        by_served = _metrics_for(test, pages, served, None)
+        for key in BY_SERVED_KEYS:
+            out[f"by_expected_watch_s_{key}"] = float(by_served[key])
+    if "odds" in scores and not np.array_equal(scores["odds"], served):
+        out["odds_mean_ratio"] = float(scores["odds"].mean() / test["watch_time_s"].mean())
+    return out
 
 
 def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = None) -> dict[str, Any]:
@@ -109,11 +141,8 @@ def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = N
     served: dict[str, np.ndarray] = {}
     scores = ranker.score_frame(test, data.users, data.videos)
     main_name = f"ranker ({ranker.objective.name})"
-    methods[main_name] = _metrics_for(test, pages, scores[ranker.ranking_key], scores["expected_watch_s"])
+    methods[main_name] = scored_metrics(test, pages, scores, ranker.ranking_key)
     served[main_name] = scores["expected_watch_s"]
-    if "odds" in scores and ranker.objective.name != "wlr":
-        # The paper's plain e^(Wx+b) read of the same model, for comparison with the served value.
-        methods[main_name]["odds_mean_ratio"] = float(scores["odds"].mean() / test["watch_time_s"].mean())
 
     click_dir = run_dir / "baselines" / CLICK_BASELINE
     if (click_dir / "model.json").is_file():
@@ -122,15 +151,17 @@ def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = N
             if click.pipeline.layout.to_dict() == ranker.pipeline.layout.to_dict() \
             else click.score_frame(test, data.users, data.videos)
         methods[CLICK_BASELINE] = _metrics_for(test, pages, click_scores[click.ranking_key],
-                                               click_scores["expected_watch_s"])
+                                               click_scores["expected_watch_s"]) | {"ranking_key": click.ranking_key}
         served[CLICK_BASELINE] = click_scores["expected_watch_s"]
     popularity = popularity_scores(train, test)
-    methods["popularity"] = _metrics_for(test, pages, popularity, popularity)
+    methods["popularity"] = _metrics_for(test, pages, popularity, popularity) | {"ranking_key": "expected_watch_s"}
     served["popularity"] = popularity
 
     metrics: dict[str, Any] = {
         "model": main_name,
         "objective": ranker.objective.name,
+        "ranking_key": ranker.ranking_key,
+        "watch_scale": getattr(ranker.objective, "watch_scale", None),
         "test_rows": test.height,
         "test_dates": [int(test["date"].min()), int(test["date"].max())],
         "mean_watch_s": float(test["watch_time_s"].mean()),
@@ -175,7 +206,7 @@ def write_reliability_plot(path: Path, served: dict[str, np.ndarray], watch_time
     plt.close(fig)
 
 
-TABLE_COLUMNS = [("weighted_per_user_loss", "wpu loss ↓"), ("xauc", "XAUC"), ("xauc_clicked", "XAUC clicked"),
+TABLE_COLUMNS = [("ranking_key", "ranked by"), ("weighted_per_user_loss", "wpu loss ↓"), ("xauc", "XAUC"), ("xauc_clicked", "XAUC clicked"),
                  ("xgauc", "XGAUC"), ("gauc", "GAUC"), ("rmse", "RMSE s"), ("mae", "MAE s"),
                  ("mean_ratio", "mean ratio"), ("relative_calibration_error", "rel. cal. err")]
 
@@ -207,10 +238,28 @@ def render_report(metrics: dict[str, Any], config: RankerConfig | None = None) -
         f"factor). Measured mean ratio of the served value: "
         f"{_fmt(next(iter(metrics['methods'].values())).get('mean_ratio'))}.", "",
     ]
+    lines += _ranking_key_note(metrics)
     if "ablation" in metrics:
         lines += render_ablation(metrics["ablation"])
     lines += ["", CITATION, ""]
     return "\n".join(lines)
+
+
+def _ranking_key_note(metrics: dict[str, Any]) -> list[str]:
+    """What the ranker ranks by and serves, and the cost of ranking by the served value instead."""
+    main = metrics["methods"].get(metrics["model"], {})
+    if "by_expected_watch_s_weighted_per_user_loss" not in main:
+        return []
+    scale = metrics.get("watch_scale")
+    scale_text = f" × the held-out calibration constant c = {scale:.4f}" if scale is not None else ""
+    return [
+        f"Ranking metrics score the ranker's ranking key `{main['ranking_key']}`, calibration metrics its served "
+        f"`expected_watch_s` (odds · (1 − p̂){scale_text}). Ranking by the served value instead would give "
+        f"weighted per-user loss {_fmt(main['by_expected_watch_s_weighted_per_user_loss'])} "
+        f"(vs {_fmt(main['weighted_per_user_loss'])}), XAUC {_fmt(main['by_expected_watch_s_xauc'])} "
+        f"(vs {_fmt(main['xauc'])}), XAUC clicked {_fmt(main['by_expected_watch_s_xauc_clicked'])} "
+        f"(vs {_fmt(main['xauc_clicked'])}). The odds alone serve {_fmt(main.get('odds_mean_ratio'))}× the "
+        "observed mean.", ""]
 
 
 def render_ablation(ablation: dict[str, Any]) -> list[str]:
@@ -237,6 +286,9 @@ def format_ranker_table(metrics: dict[str, Any]) -> str:
         table.add_row(name, *(_fmt(values.get(key)) for key, _ in TABLE_COLUMNS))
     buffer = io.StringIO()
     Console(file=buffer, width=160, force_terminal=False).print(table)
+    for line in _ranking_key_note(metrics):
+        if line:
+            buffer.write(line.replace("`", "") + "\n")
     ratio = metrics["expected_wlr_ratio"]
     buffer.write(f"WLR theory: odds = E[T]/(1-p); expected over-prediction {ratio['global']:.2f}x (global CTR), "
                  f"{ratio['per_video']:.2f}x (per-video CTR).\n{CITATION}\n")
@@ -245,7 +297,14 @@ def format_ranker_table(metrics: dict[str, Any]) -> str:
 
 def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
                   data: InteractionData | None = None) -> pl.DataFrame:
-    """One row per impression of ``split`` (test | train | all), in the log's order, duplicates kept."""
+    """One row per impression of ``split`` (test | train | all), in the log's order, duplicates kept.
+
+    Columns: the impression keys, ``expected_watch_s`` (the served, calibrated expected watch time),
+    ``logit`` (head 0), ``odds`` and ``p_click`` where the objective has them, and ``rank_score`` —
+    the value that orders items (a copy of the objective's ranking key: ``odds`` for the default
+    ``wlr-corrected``, ``expected_watch_s`` for plain ``wlr``, ``p_click`` for the click models;
+    ``ytdnn predict`` prints which). Sort by ``rank_score`` descending to rank.
+    """
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
     run_dir = Path(run_dir)
@@ -259,6 +318,7 @@ def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
         columns["odds"] = scores["odds"]
     if "p_click" in scores:
         columns["p_click"] = scores["p_click"]
+    columns["rank_score"] = scores[ranker.ranking_key]
     result = frame.select(PREDICTION_COLUMNS).with_columns([pl.Series(k, v) for k, v in columns.items()])
     atomic_write_with(out, lambda tmp: result.write_parquet(tmp), suffix=".parquet")
     return result

@@ -475,6 +475,8 @@ def build_bundle(run_dirs: Sequence[str | Path], out: str | Path, *, data: Any |
                         "retrieval": None if retrieval_info is None else retrieval_info.pop("config")},
             "serving": {
                 "objective": loaded.objective.name, "ranking_key": loaded.ranking_key,
+                # The served expected_watch_s's calibration constant (in ranker/model.json; shown here).
+                "watch_scale": getattr(loaded.objective, "watch_scale", None),
                 "log_end_time_ms": store.end_time_ms, "clock_offset_hours": store.clock_offset_hours,
                 "popularity_days": popularity_days, "log_rows": store.log.height,
                 "users": store.users.height, "videos": store.videos.height,

@@ -17,8 +17,9 @@ One request runs
    at the default request time, the item-side history's part) is a row of a table computed at
    load; the objective turns z into the served ``expected_watch_s`` (e^z for weighted LR),
    ``odds`` and ``p_click`` where it has them;
-4. the top k by the ranker's ranking key (whatever the objective ranks by: its
-   ``expected_watch_s``, its odds, or ``p_click`` for click models), best first, ``rank`` 1..k.
+4. the top k by the objective's ranking key (``odds`` for the default ``wlr-corrected``, which
+   serves the calibrated c · odds · (1 − p̂); ``expected_watch_s`` for most others; ``p_click``
+   for click models), best first, ``rank`` 1..k.
 
 Unknown users are ranked with every user feature absent (the user id and profile fall back to
 the out-of-vocabulary row, the history is empty), which is what "no user features" means for a

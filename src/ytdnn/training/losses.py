@@ -16,8 +16,11 @@ Each objective is a small dataclass (TensorFlow Recommenders' *Task* idea) that 
   for ``wlr-resample``, where it is the resampling's expectation);
 - ``predict(outputs)`` — a dict with at least ``logit`` (head 0) and ``expected_watch_s``
   (what is served), plus ``odds`` and/or ``p_click`` where they mean something;
-- ``ranking_key`` — which ``predict`` entry orders items (``expected_watch_s``, or ``p_click``
-  for the click models, whose served value is ``p_click`` times a constant anyway).
+- ``ranking_key`` — which ``predict`` entry orders items, per instance: ``expected_watch_s``;
+  ``p_click`` for the click models (whose served value is ``p_click`` times a constant anyway);
+  for ``wlr-corrected`` its ``rank_by`` parameter (``odds`` by default, see its docstring);
+- ``calibrates`` — whether the trainer should fit a held-out calibration constant after training
+  (``set_watch_scale``; only ``wlr-corrected``, see :mod:`ytdnn.training.calibration`).
 
 Notation: for impression *i*, :math:`c_i` = ``is_click`` (0/1), :math:`T_i` = ``watch_time_s``
 (0 when not clicked), :math:`z_i` = head-0 logit. :math:`E[T|x]` always counts unclicked
@@ -84,6 +87,7 @@ __all__ = [
     "ClickOnlyObjective",
     "ClickObjective",
     "RANKING_OBJECTIVES",
+    "RANK_BY_CHOICES",
     "make_objective",
     "objective_from_config",
 ]
@@ -203,7 +207,21 @@ class RankingObjective:
     """Fixed denominator factor *s* of the loss (set by ``fit``; 1 before)."""
 
     n_heads: ClassVar[int] = 1
-    ranking_key: ClassVar[str] = "expected_watch_s"
+
+    @property
+    def ranking_key(self) -> str:
+        """The ``predict`` entry that orders items (the score ranking metrics judge)."""
+        return "expected_watch_s"
+
+    @property
+    def calibrates(self) -> bool:
+        """True when the trainer should fit a held-out scale on the served value (:meth:`set_watch_scale`)."""
+        return False
+
+    def set_watch_scale(self, scale: float | None) -> None:
+        """Store a fitted calibration constant of the served value (None clears it); only calibrating
+        objectives have one."""
+        raise ObjectiveError(f"{self.name}: this objective has no calibration constant")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
@@ -465,14 +483,37 @@ class WLRExactObjective(RankingObjective):
         return {"logit": z, "odds": odds, "expected_watch_s": odds}
 
 
+RANK_BY_CHOICES: tuple[str, ...] = ("odds", "expected_watch_s")
+"""What ``wlr-corrected`` can rank by: the WLR head's odds (default) or its served value."""
+
+
 @dataclass(kw_only=True)
 class WLRCorrectedObjective(RankingObjective):
-    r"""WLR corrected by a click model: two heads, served odds · (1 − p̂).
+    r"""WLR corrected by a click model: two heads, ranked by the odds, served c · odds · (1 − p̂).
 
     Head 0 is trained by plain WLR (optimum odds E[T|x]/(1−p(x))), head 1 is a click logit
     trained by unweighted BCE on ``is_click`` (optimum p(x)). Served
-    ``expected_watch_s`` = odds · (1 − p̂) → E[T|x]; computed as exp(min(z₀ − sp(z₁), 30)) since
-    1 − σ(z₁) = e^{−sp(z₁)}. ``odds`` = e^{z₀}, ``p_click`` = σ(z₁).
+
+    .. math:: \text{expected\_watch\_s} = c \cdot e^{z_0} \cdot (1 - \hat p) \;\to\; c \cdot E[T|x],
+
+    computed as exp(min(z₀ − sp(z₁) + log c, 30)) since 1 − σ(z₁) = e^{−sp(z₁)}; ``odds`` =
+    e^{z₀} (the paper's score, never scaled), ``p_click`` = σ(z₁).
+
+    **What it ranks by** (``rank_by``). ``"odds"`` (default): e^{z₀}. The paper's weighted
+    per-user loss counts, on each page, the watch time of clicked impressions ranked below
+    unclicked ones. For two impressions i, j with independent clicks, putting i above j loses
+    E_j·(1 − p_i) in expectation (j clicked, i not), the other order E_i·(1 − p_j); i above j is
+    the cheaper order exactly when E_i/(1 − p_i) > E_j/(1 − p_j), i.e. when odds_i > odds_j. So the
+    WLR odds — not E[T|x] — are the order that minimises that loss, and ``"odds"`` keeps plain
+    WLR's ranking while the served value is calibrated. ``"expected_watch_s"`` ranks by the
+    served value (NDCG against E[T] rewards that order; on KuaiRand it costs ≈ 0.016 of weighted
+    per-user loss, see ``reports/wlr_methods.md``).
+
+    **The calibration constant** c = ``watch_scale``: the two heads' product has the right
+    optimum but Adam leaves its overall level off by several percent, so after training the
+    ranker job fits one held-out constant, c = mean T / mean (odds · (1 − p̂)) on the validation
+    day(s) (:func:`ytdnn.training.calibration.fit_watch_scale`), when ``calibrate`` is true. None
+    (not fitted) serves with c = 1. It changes no ranking.
 
     Loss = WLR term (Σ weighted log loss / (B · loss_scale), loss_scale = mean WLR weight after
     fit) + ``click_loss_weight`` · (Σ BCE / B). With the default weight 1 both terms are "log loss
@@ -483,6 +524,12 @@ class WLRCorrectedObjective(RankingObjective):
 
     name: str = field(default="wlr-corrected", init=False)
     click_loss_weight: float = 1.0
+    rank_by: str = "odds"
+    """Which ``predict`` entry orders items: ``"odds"`` or ``"expected_watch_s"``."""
+    calibrate: bool = True
+    """Fit ``watch_scale`` on held-out rows after training (the ranker job does)."""
+    watch_scale: float | None = None
+    """The fitted calibration constant c of the served value; None = not fitted (c = 1)."""
 
     n_heads: ClassVar[int] = 2
 
@@ -490,6 +537,29 @@ class WLRCorrectedObjective(RankingObjective):
         super().__post_init__()
         if not (math.isfinite(self.click_loss_weight) and self.click_loss_weight >= 0):
             raise ObjectiveError(f"{self.name}: click_loss_weight must be finite and >= 0, got {self.click_loss_weight}")
+        if self.rank_by not in RANK_BY_CHOICES:
+            raise ObjectiveError(f"{self.name}: rank_by must be one of {list(RANK_BY_CHOICES)}, got {self.rank_by!r}")
+        if not isinstance(self.calibrate, bool):
+            raise ObjectiveError(f"{self.name}: calibrate must be true or false, got {self.calibrate!r}")
+        if self.watch_scale is not None:
+            self._check_scale(self.watch_scale)
+
+    def _check_scale(self, scale: float) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ObjectiveError(f"{self.name}: watch_scale must be a finite number > 0, got {scale!r}")
+
+    @property
+    def ranking_key(self) -> str:
+        return self.rank_by
+
+    @property
+    def calibrates(self) -> bool:
+        return self.calibrate
+
+    def set_watch_scale(self, scale: float | None) -> None:
+        if scale is not None:
+            self._check_scale(scale)
+        self.watch_scale = None if scale is None else float(scale)
 
     def _fitted_loss_scale(self, totals: _Totals) -> float:
         return (totals.total_watch_s + (totals.n - totals.k)) / totals.n
@@ -512,11 +582,12 @@ class WLRCorrectedObjective(RankingObjective):
     def predict(self, outputs: Tensor) -> dict[str, Tensor]:
         logits = _check_outputs(outputs, self.n_heads)
         z, click_logit = logits[:, 0], logits[:, 1]
+        log_scale = 0.0 if self.watch_scale is None else math.log(self.watch_scale)
         return {
             "logit": z,
             "odds": _exp_clamped(z),
             "p_click": torch.sigmoid(click_logit),
-            "expected_watch_s": _exp_clamped(z - F.softplus(click_logit)),
+            "expected_watch_s": _exp_clamped(z - F.softplus(click_logit) + log_scale),
         }
 
 
@@ -638,7 +709,9 @@ class ClickOnlyObjective(RankingObjective):
     mean_watch_given_click: float | None = None
     """Mean T over clicked training impressions; ``fit`` sets it."""
 
-    ranking_key: ClassVar[str] = "p_click"
+    @property
+    def ranking_key(self) -> str:
+        return "p_click"
 
     def __post_init__(self) -> None:
         super().__post_init__()

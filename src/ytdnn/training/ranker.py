@@ -16,8 +16,12 @@
 4. fits the objective's constants and its bias-only optimum on the training rows, builds
    :class:`~ytdnn.models.ranking.RankingNet` with the output bias at that optimum, trains with
    :class:`~ytdnn.training.trainer.Trainer`, early-stopping on the validation weighted per-user
-   loss (pages = (user_id, date)) — or on the validation loss when the validation days hold no
-   (clicked, unclicked) pair with watch time;
+   loss (pages = (user_id, date)) of the objective's ranking key — or on the validation loss
+   when the validation days hold no (clicked, unclicked) pair with watch time;
+   then, for an objective that ``calibrates`` (the default ``wlr-corrected``), fits its one
+   calibration constant c = mean T / mean served on the validation days (the training rows when
+   they hold fewer than :data:`~ytdnn.training.calibration.MIN_VALIDATION_CLICKS` clicks), see
+   :mod:`ytdnn.training.calibration`; c is stored with the objective in ``model.json``;
 5. with ``baselines.click`` does the same for the unweighted click model (objective ``click``)
    with the same network, features and seed.
 
@@ -57,6 +61,7 @@ from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeatureConfig, RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet, load_weights, save_weights
+from ytdnn.training.calibration import MIN_VALIDATION_CLICKS, calibration_rows, mean_match_factor
 from ytdnn.training.losses import (RANKING_OBJECTIVES, RankingObjective, check_objective_name, make_objective,
                                    objective_from_config)
 from ytdnn.training.trainer import (VALIDATION_LOSS, MetricFn, Trainer, TrainerConfig, TrainingHistory,
@@ -108,8 +113,14 @@ class ModelSection(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+DEFAULT_OBJECTIVE = "wlr-corrected"
+"""The served default (issue 3, ``reports/wlr_methods.md``): WLR odds for ranking — the order that
+minimises the weighted per-user loss — and c · odds · (1 − p̂) as the calibrated expected watch time."""
+
+
 class ObjectiveSection(_Section):
-    name: str = "wlr"
+    name: str = Field(DEFAULT_OBJECTIVE, description="ranking objective; wlr-corrected ranks by the WLR odds and "
+                                                     "serves calibrated odds·(1−p̂); 'wlr' is the paper's plain e^z")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the objective")
 
     @field_validator("name")
@@ -176,7 +187,8 @@ class LoadedRanker:
 
     @property
     def ranking_key(self) -> str:
-        """The score entry that orders items for this objective (``expected_watch_s`` or ``p_click``)."""
+        """The score entry that orders items for this objective (``odds`` for the default
+        ``wlr-corrected``, ``expected_watch_s`` for most others, ``p_click`` for the click models)."""
         return str(self.objective.ranking_key)
 
     def score_batch(self, batch: RankingBatch, batch_size: int = 16384) -> dict[str, np.ndarray]:
@@ -271,10 +283,27 @@ def _has_weighted_pairs(frame: pl.DataFrame) -> bool:
     return details["n_pairs"] > 0 and details["weight_sum"] > 0
 
 
+def fit_calibration(objective: RankingObjective, network: RankingNet, train_batch: RankingBatch,
+                    validation_batch: RankingBatch | None, eval_batch_size: int = 16384,
+                    min_validation_clicks: int = MIN_VALIDATION_CLICKS) -> dict[str, Any]:
+    """Fit the objective's calibration constant c on held-out rows (see :mod:`ytdnn.training.calibration`);
+    return what was done, for ``training.json``. The served value is computed unscaled (c cleared)."""
+    where, rows = calibration_rows(validation_batch, train_batch, min_validation_clicks)
+    objective.set_watch_scale(None)
+    with torch.no_grad():
+        served = objective.predict(predict_outputs(network, rows, eval_batch_size))["expected_watch_s"]
+    scale = mean_match_factor(served, rows.watch_time_s)
+    objective.set_watch_scale(scale)
+    return {"rows": where, "n_rows": len(rows), "n_clicks": int(rows.is_click.sum()),
+            "min_validation_clicks": min_validation_clicks, "watch_scale": scale,
+            "mean_ratio_before": 1.0 / scale}
+
+
 def _train_one(objective: RankingObjective, config: RankerConfig, layout: FeatureLayout, train_batch: RankingBatch,
                validation_batch: RankingBatch | None, validation_frame: pl.DataFrame | None,
-               trainer_config: TrainerConfig) -> tuple[RankingNet, TrainingHistory, list[float]]:
-    """Fit the objective's constants, start at its bias-only optimum, train; the best epoch is kept."""
+               trainer_config: TrainerConfig) -> tuple[RankingNet, TrainingHistory, dict[str, Any]]:
+    """Fit the objective's constants, start at its bias-only optimum, train (the best epoch is kept), then
+    fit its calibration constant when it ``calibrates``; returns (network, history, facts for training.json)."""
     objective.fit(train_batch.is_click, train_batch.watch_time_s)
     init_bias = objective.init_bias(train_batch.is_click, train_batch.watch_time_s)
     torch.manual_seed(config.seed)  # the network init: the same for the main model and the baseline
@@ -284,7 +313,13 @@ def _train_one(objective: RankingObjective, config: RankerConfig, layout: Featur
     if validation_frame is not None:
         metric_fn = _validation_metric_fn(validation_frame, objective.ranking_key)
     history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn).fit()
-    return network, history, init_bias
+    facts: dict[str, Any] = {"init_bias": init_bias, "ranking_key": objective.ranking_key}
+    if objective.calibrates:
+        facts["calibration"] = fit_calibration(objective, network, train_batch, validation_batch,
+                                               trainer_config.eval_batch_size)
+        log.info("ranker: %s calibration constant %.4f fitted on the %s rows", objective.name,
+                 facts["calibration"]["watch_scale"], facts["calibration"]["rows"])
+    return network, history, facts
 
 
 def _write_model(model_dir: Path, network: RankingNet, objective: RankingObjective, history: TrainingHistory,
@@ -361,20 +396,19 @@ def train_ranker(config: RankerConfig, out_dir: str | Path, *, data: Interaction
              "trainer": trainer_config.model_dump(mode="json"), "note": note}
 
     objective = make_objective(config.objective.name, **config.objective.params)
-    network, history, init_bias = _train_one(objective, config, layout, train_batch, validation_batch,
-                                             validation_frame, trainer_config)
-    ranker = _write_model(out_dir, network, objective, history, pipeline, FEATURES_DIR,
-                          extra | {"init_bias": init_bias})
+    network, history, facts = _train_one(objective, config, layout, train_batch, validation_batch,
+                                         validation_frame, trainer_config)
+    ranker = _write_model(out_dir, network, objective, history, pipeline, FEATURES_DIR, extra | facts)
 
     baselines: dict[str, LoadedRanker] = {}
     baseline_histories: dict[str, TrainingHistory] = {}
     if config.baselines.click and objective.name not in ("click", "click-only"):
         click = make_objective(CLICK_BASELINE)
-        click_network, click_history, click_bias = _train_one(click, config, layout, train_batch, validation_batch,
-                                                              validation_frame, trainer_config)
+        click_network, click_history, click_facts = _train_one(click, config, layout, train_batch,
+                                                               validation_batch, validation_frame, trainer_config)
         baselines[CLICK_BASELINE] = _write_model(out_dir / "baselines" / CLICK_BASELINE, click_network, click,
                                                  click_history, pipeline, f"../../{FEATURES_DIR}",
-                                                 extra | {"init_bias": click_bias})
+                                                 extra | click_facts)
         baseline_histories[CLICK_BASELINE] = click_history
 
     best = history.best
