@@ -58,7 +58,7 @@ from ytdnn.training import distributed
 from ytdnn.training.checkpoint import CheckpointStore, TrainingCheckpoint
 
 __all__ = ["VALIDATION_LOSS", "EpochRecord", "MetricFn", "Objective", "Trainer", "TrainerConfig", "TrainingError",
-           "TrainingHistory", "available_cores", "predict_outputs", "torch_threads"]
+           "TrainingHistory", "available_cores", "lr_multiplier", "predict_outputs", "torch_threads"]
 
 VALIDATION_LOSS = "val_loss"
 
@@ -94,6 +94,16 @@ class TrainerConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(10, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    weight_decay_by_prefix: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name prefix -> weight decay for those parameters (the longest "
+                                          "matching prefix wins; e.g. {'embeddings.': 1e-4}); others use weight_decay")
+    lr_scale_by_prefix: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name prefix -> learning-rate multiplier (longest prefix wins)")
+    decoupled_weight_decay: bool = Field(False, description="AdamW: shrink weights by lr·decay each step instead of "
+                                                            "adding decay·w to the gradient (Adam's L2)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate multiplier over the planned steps (epochs × batches): constant 1, "
+                                "linear 1 - s/S, or cosine (1 + cos(pi s/S)) / 2")
     patience: int = Field(2, ge=0, description="epochs without improvement before stopping; 0 = never stop early")
     early_stopping_metric: str = Field(VALIDATION_LOSS, description="'val_loss' or a key of the metric callback")
     mode: Literal["min", "max"] = "min"
@@ -231,15 +241,57 @@ def _slice(batch: RankingBatch, start: int, stop: int) -> RankingBatch:
                         batch.dense[start:stop], batch.is_click[start:stop], batch.watch_time_s[start:stop])
 
 
+def _longest_prefix(name: str, table: dict[str, float], default: float) -> float:
+    matches = [prefix for prefix in table if name.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else default
+
+
 def _adam(model: nn.Module, config: TrainerConfig) -> torch.optim.Adam:
-    """Adam; the fused kernel when every parameter allows it (same update, ~25% less time per
-    step on CPU, where the step over the embedding tables is a large share of a batch)."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
+    """Adam (AdamW with ``decoupled_weight_decay``); the fused kernel when every parameter allows it
+    (same update, ~25% less time per step on CPU, where the step over the embedding tables is a
+    large share of a batch).
+
+    Parameters are grouped by (weight decay, lr multiplier) from ``weight_decay_by_prefix`` and
+    ``lr_scale_by_prefix`` (matched on ``model.named_parameters()`` names, longest prefix first);
+    each group remembers its unscheduled learning rate as ``base_lr``.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise TrainingError("the model has no trainable parameter")
+    for what, table in (("weight_decay_by_prefix", config.weight_decay_by_prefix),
+                        ("lr_scale_by_prefix", config.lr_scale_by_prefix)):
+        unused = [prefix for prefix in table if not any(name.startswith(prefix) for name, _ in named)]
+        if unused:
+            raise TrainingError(f"{what}: prefix(es) {unused} match no parameter; names start with "
+                                f"{sorted({name.split('.')[0] for name, _ in named})}")
+    groups: dict[tuple[float, float], list[Tensor]] = {}
+    for name, p in named:
+        key = (_longest_prefix(name, config.weight_decay_by_prefix, config.weight_decay),
+               _longest_prefix(name, config.lr_scale_by_prefix, 1.0))
+        groups.setdefault(key, []).append(p)
+    parameters = [p for _, p in named]
     fusable = all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and not p.is_sparse
                   for p in parameters) and len({p.device.type for p in parameters}) == 1
-    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None)
+    param_groups = [{"params": params, "weight_decay": decay, "lr": config.lr * scale, "base_lr": config.lr * scale}
+                    for (decay, scale), params in groups.items()]
+    return torch.optim.Adam(param_groups, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None,
+                            decoupled_weight_decay=config.decoupled_weight_decay)
+
+
+def lr_multiplier(schedule: str, step: int, total_steps: int) -> float:
+    """The learning-rate multiplier before optimiser step ``step`` (0-based) of ``total_steps``.
+
+    constant: 1; linear: 1 - s/S; cosine: (1 + cos(pi s/S)) / 2 — both decay from 1 at s = 0
+    towards 0 at s = S (the last step s = S - 1 still moves, by 1/S of the rate for linear).
+    """
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    fraction = min(max(step / total_steps, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - fraction
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+    raise TrainingError(f"lr_schedule must be constant, linear or cosine, got {schedule!r}")
 
 
 @torch.no_grad()
@@ -386,6 +438,11 @@ class Trainer:
         n_rows = len(self.train_data)
         n_batches = math.ceil(n_rows / config.batch_size)
         budget = config.max_examples
+        # The schedule's horizon: the planned steps (a budget of rows ends it earlier; an expanding
+        # batch_transform makes that count approximate, which only stretches the schedule's tail).
+        total_steps = config.epochs * n_batches
+        if budget is not None:
+            total_steps = min(total_steps, math.ceil(budget / config.batch_size))
         position = _Position()
         best_state: dict[str, Tensor] | None = None
         # The shuffling generator's state before this epoch's permutation: a mid-epoch checkpoint
@@ -471,6 +528,10 @@ class Trainer:
                         raise TrainingError(f"epoch {epoch}, rows {start}..{start + config.batch_size}: the loss is "
                                             f"{loss.item()}; lower the learning rate (lr={config.lr})")
                     optimizer.zero_grad(set_to_none=True)
+                    if config.lr_schedule != "constant":
+                        multiplier = lr_multiplier(config.lr_schedule, position.step, total_steps)
+                        for group in optimizer.param_groups:
+                            group["lr"] = group["base_lr"] * multiplier
                     if ctx.enabled:
                         # DDP averages gradients over ranks: weight each rank's mean loss by its share.
                         (loss * (len(batch) * ctx.world_size / global_rows)).backward()
