@@ -113,14 +113,18 @@ class Build:
         self.train = pipeline.transform(fit_frame, data.users, data.videos)
         self.validation = pipeline.transform(self.validation_frame, data.users, data.videos)
         self.evaluation = pipeline.transform(self.eval_frame, data.users, data.videos)
-        self.both = _concat(self.validation, self.evaluation)
+        # Without validation days (a refit on every training day) the evaluation rows stand in as
+        # the trainer's "validation" only so that every epoch gets scored; read the trajectory
+        # (patience=0), never the kept epoch, in that case.
+        self.both = _concat(self.validation, self.evaluation) if len(self.validation) else self.evaluation
         self.n_validation = len(self.validation)
         self.seconds = time.perf_counter() - started
         print(f"[build {split_name}] train {len(self.train)} val {self.n_validation} ({validation_dates}) "
               f"eval {len(self.evaluation)} in {self.seconds:.0f}s", file=sys.stderr, flush=True)
 
 
-def run_trial(build: Build, config: RankerConfig) -> dict[str, Any]:
+def run_trial(build: Build, config: RankerConfig, save_scores: str | None = None,
+              swa: list[list[int]] | None = None) -> dict[str, Any]:
     seed_everything(config.seed)
     objective = make_objective(config.objective.name, **config.objective.params)
     objective.fit(build.train.is_click, build.train.watch_time_s)
@@ -131,25 +135,45 @@ def run_trial(build: Build, config: RankerConfig) -> dict[str, Any]:
     network.set_output_bias(init_bias)
     key = objective.ranking_key
     per_epoch: list[dict[str, Any]] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
     n_val = build.n_validation
 
     def metric_fn(predictions: dict[str, np.ndarray]) -> dict[str, float]:
         score = np.asarray(predictions[key], dtype=np.float64)
         served = np.asarray(predictions["expected_watch_s"], dtype=np.float64)
-        row = {"val": span_metrics(build.validation_frame, score[:n_val], served[:n_val]),
+        nan = {"wpu": math.nan, "xauc": math.nan, "xauc_clicked": math.nan, "gauc": math.nan, "mean_ratio": math.nan}
+        row = {"val": span_metrics(build.validation_frame, score[:n_val], served[:n_val]) if n_val else nan,
                "eval": span_metrics(build.eval_frame, score[n_val:], served[n_val:])}
         for extra in ("odds",):  # wlr-corrected serves its odds head too
             if extra in predictions and extra != key:
                 odds = np.asarray(predictions[extra], dtype=np.float64)
                 row[f"eval_{extra}"] = span_metrics(build.eval_frame, odds[n_val:], odds[n_val:])
         per_epoch.append(row)
-        return {"weighted_per_user_loss": row["val"]["wpu"], "gauc": row["val"]["gauc"]}
+        if swa:
+            snapshots.append({k: v.detach().clone() for k, v in network.state_dict().items()})
+        if save_scores is not None:
+            np.save(f"{save_scores}_e{len(per_epoch)}.npy", score[n_val:])
+        return {"weighted_per_user_loss": row["val"]["wpu"], "gauc": row["val"]["gauc"]} if n_val else {}
 
     train = config.train.model_copy(update={"seed": config.seed if config.train.seed is None else config.train.seed,
                                             "progress": False})
     started = time.perf_counter()
     history = Trainer(network, objective, build.train, build.both, train, metric_fn).fit()
-    return {"best_epoch": history.best_epoch, "epochs": per_epoch, "seconds": time.perf_counter() - started}
+    averaged = {}
+    for epochs in swa or []:  # uniform average of the chosen epochs' weights (SWA over epoch ends)
+        if max(epochs) > len(snapshots):
+            continue
+        network.load_state_dict({k: torch.stack([snapshots[e - 1][k].float() for e in epochs]).mean(0)
+                                 for k in snapshots[0]})
+        from ytdnn.training.trainer import predict_outputs
+        with torch.no_grad():
+            predictions = {k: v.numpy() for k, v in objective.predict(predict_outputs(network, build.both)).items()}
+        n_before = len(per_epoch)
+        metric_fn(predictions)
+        averaged["+".join(map(str, epochs))] = per_epoch.pop()
+        assert len(per_epoch) == n_before
+    return {"best_epoch": history.best_epoch, "epochs": per_epoch, "swa": averaged,
+            "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -158,6 +182,8 @@ def main() -> None:
     parser.add_argument("--trial", action="append", required=True)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each trial runs once per seed")
     parser.add_argument("--out", type=Path, default=Path("reports/ranker_tuning.jsonl"))
+    parser.add_argument("--swa", default=None, help="epoch sets to average, e.g. '1+2,2+3+4'")
+    parser.add_argument("--save-scores", default=None, help="save each epoch's evaluation scores to PREFIX_<trial>_s<seed>_e<epoch>.npy")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("kuairand-pure")
@@ -170,7 +196,9 @@ def main() -> None:
                                    sort_keys=True)
             if build_key not in builds:
                 builds[build_key] = Build(data, config, args.split)
-            result = run_trial(builds[build_key], config)
+            prefix = f"{args.save_scores}_{name}_s{config.seed}" if args.save_scores else None
+            swa = [[int(e) for e in part.split("+")] for part in args.swa.split(",")] if args.swa else None
+            result = run_trial(builds[build_key], config, prefix, swa)
             best = result["epochs"][result["best_epoch"] - 1] if result["best_epoch"] else result["epochs"][-1]
             record = {"name": name, "split": args.split, "seed": config.seed, "overrides": overrides} | result
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +209,9 @@ def main() -> None:
             print(f"{name} seed {config.seed}: kept epoch {result['best_epoch']}: eval wpu {best['eval']['wpu']:.4f} "
                   f"xauc {best['eval']['xauc']:.4f} xc {best['eval']['xauc_clicked']:.4f} "
                   f"ratio {best['eval']['mean_ratio']:.2f} [{result['seconds']:.0f}s] :: {trajectory}", flush=True)
+            for label, e in result["swa"].items():
+                print(f"    swa {label}: eval {e['eval']['wpu']:.4f}/{e['eval']['xauc']:.4f} "
+                      f"(v {e['val']['wpu']:.4f}/{e['val']['xauc']:.4f})", flush=True)
             if not all(math.isfinite(e["eval"]["wpu"]) for e in result["epochs"]):
                 print(f"{name}: non-finite metric", file=sys.stderr)
 

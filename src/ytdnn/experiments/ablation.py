@@ -54,7 +54,7 @@ def run_feature_ablation(run_dir: str | Path, *, data: InteractionData | None = 
         results.append({"name": name, "groups": groups, "model_dir": str(model_dir.relative_to(run_dir)),
                         "weighted_per_user_loss": metrics["weighted_per_user_loss"], "xauc": metrics["xauc"],
                         "xauc_clicked": metrics["xauc_clicked"], "gauc": metrics["gauc"],
-                        "mean_ratio": metrics["mean_ratio"], "best_epoch": training.get("best_epoch")})
+                        "mean_ratio": metrics["mean_ratio"], "best_epoch": training.get("selection", training).get("best_epoch")})
     payload = {"objective": config.objective.name, "rows": results}
     atomic_write_json(run_dir / "ablation.json", payload)
     return payload

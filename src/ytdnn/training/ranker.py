@@ -53,7 +53,7 @@ from ytdnn.data.csv_reader import OnBadRows
 from ytdnn.data.schema import InteractionData
 from ytdnn.data.sources import load_dataset
 from ytdnn.data.split import DEFAULT_TEST_START, DEFAULT_TRAIN_END, DateSplit
-from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_user_loss_details
+from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_user_loss_details, xauc
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeatureConfig, RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet, load_weights, save_weights
@@ -78,6 +78,7 @@ CONFIG_FILE = "config.json"
 FEATURES_DIR = "features"
 CLICK_BASELINE = "click"
 WEIGHTED_PER_USER_LOSS = "weighted_per_user_loss"
+VALIDATION_XAUC = "xauc"
 
 
 class RankerError(ValueError):
@@ -99,6 +100,9 @@ class DataSection(_Section):
     train_end: int = DEFAULT_TRAIN_END
     test_start: int = DEFAULT_TEST_START
     validation_days: int = Field(1, ge=0, description="last training days held out for early stopping")
+    refit: bool = Field(True, description="after early stopping has chosen the epoch count on the validation days, "
+                                          "retrain from scratch on every training day (validation days included) "
+                                          "for that many epochs; the run keeps the refitted model")
     on_bad_rows: OnBadRows = "error"
 
 
@@ -133,8 +137,8 @@ def _default_train() -> TrainerConfig:
     # validation day (adjacent to the training days) for 5+ epochs while the test days (1–4 days
     # later) stop improving after ~3 and XAUC falls from the first epoch on, so epochs are capped
     # at 3; L2 1e-5 keeps the odds from running away (mean ratio 5–9× without it).
-    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=3, patience=1, weight_decay=1e-5,
-                         early_stopping_metric=WEIGHTED_PER_USER_LOSS)
+    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=4, patience=1, weight_decay=1e-5,
+                         early_stopping_metric=VALIDATION_XAUC, mode="max")
 
 
 class RankerConfig(JobConfig):
@@ -260,7 +264,7 @@ def _validation_metric_fn(frame: pl.DataFrame, ranking_key: str) -> MetricFn:
     def metric_fn(predictions: dict[str, np.ndarray]) -> dict[str, float]:
         score = np.asarray(predictions[ranking_key], dtype=np.float64)
         return {WEIGHTED_PER_USER_LOSS: weighted_per_user_loss(pages, is_click, watch, score),
-                "gauc": gauc(users, is_click, score)}
+                "gauc": gauc(users, is_click, score), VALIDATION_XAUC: xauc(watch, score)}
 
     return metric_fn
 
@@ -273,7 +277,8 @@ def _has_weighted_pairs(frame: pl.DataFrame) -> bool:
 
 def _train_one(objective: RankingObjective, config: RankerConfig, layout: FeatureLayout, train_batch: RankingBatch,
                validation_batch: RankingBatch | None, validation_frame: pl.DataFrame | None,
-               trainer_config: TrainerConfig) -> tuple[RankingNet, TrainingHistory, list[float]]:
+               trainer_config: TrainerConfig, checkpoint_name: str | None = None
+               ) -> tuple[RankingNet, TrainingHistory, list[float]]:
     """Fit the objective's constants, start at its bias-only optimum, train; the best epoch is kept."""
     objective.fit(train_batch.is_click, train_batch.watch_time_s)
     init_bias = objective.init_bias(train_batch.is_click, train_batch.watch_time_s)
@@ -283,8 +288,16 @@ def _train_one(objective: RankingObjective, config: RankerConfig, layout: Featur
     metric_fn = None
     if validation_frame is not None:
         metric_fn = _validation_metric_fn(validation_frame, objective.ranking_key)
-    history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn).fit()
+    history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn,
+                      checkpoint_name=checkpoint_name).fit()
     return network, history, init_bias
+
+
+def _refit_trainer_config(trainer_config: TrainerConfig, selection: TrainingHistory) -> TrainerConfig:
+    """The refit's settings: the selection's best epoch count, no validation, no early stopping."""
+    epochs = selection.best_epoch or len(selection.epochs)
+    return trainer_config.model_copy(update={"epochs": epochs, "patience": 0,
+                                             "early_stopping_metric": VALIDATION_LOSS, "mode": "min"})
 
 
 def _write_model(model_dir: Path, network: RankingNet, objective: RankingObjective, history: TrainingHistory,
@@ -307,7 +320,7 @@ def _trainer_config(config: RankerConfig, has_validation: bool, has_pairs: bool)
     if not has_validation and metric != VALIDATION_LOSS:
         return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS}), \
             "no validation days: trained for the configured epochs without early stopping"
-    if has_validation and metric in (WEIGHTED_PER_USER_LOSS, "gauc") and not has_pairs:
+    if has_validation and metric in (WEIGHTED_PER_USER_LOSS, "gauc", VALIDATION_XAUC) and not has_pairs:
         return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS, "mode": "min"}), \
             (f"early stopping on {VALIDATION_LOSS} instead of {metric}: the validation days have no "
              "(clicked, unclicked) pair with watch time on a page")
@@ -355,27 +368,53 @@ def train_ranker(config: RankerConfig, out_dir: str | Path, *, data: Interaction
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / CONFIG_FILE)
-    pipeline.save(out_dir / FEATURES_DIR)
     extra = {"validation_dates": validation_dates, "n_train": len(train_batch),
              "n_validation": 0 if validation_batch is None else len(validation_batch),
              "trainer": trainer_config.model_dump(mode="json"), "note": note}
 
     objective = make_objective(config.objective.name, **config.objective.params)
-    network, history, init_bias = _train_one(objective, config, layout, train_batch, validation_batch,
-                                             validation_frame, trainer_config)
-    ranker = _write_model(out_dir, network, objective, history, pipeline, FEATURES_DIR,
-                          extra | {"init_bias": init_bias})
-
-    baselines: dict[str, LoadedRanker] = {}
-    baseline_histories: dict[str, TrainingHistory] = {}
+    names = [objective.name]
     if config.baselines.click and objective.name not in ("click", "click-only"):
-        click = make_objective(CLICK_BASELINE)
-        click_network, click_history, click_bias = _train_one(click, config, layout, train_batch, validation_batch,
-                                                              validation_frame, trainer_config)
-        baselines[CLICK_BASELINE] = _write_model(out_dir / "baselines" / CLICK_BASELINE, click_network, click,
-                                                 click_history, pipeline, f"../../{FEATURES_DIR}",
-                                                 extra | {"init_bias": click_bias})
-        baseline_histories[CLICK_BASELINE] = click_history
+        names.append(CLICK_BASELINE)
+    # Pass 1 (selection): train on the training days minus the validation days, early-stop on
+    # the validation days.
+    selected: dict[str, tuple[RankingObjective, RankingNet, TrainingHistory, list[float]]] = {}
+    for name in names:
+        current = objective if name == objective.name else make_objective(CLICK_BASELINE)
+        selected[name] = (current, *_train_one(current, config, layout, train_batch, validation_batch,
+                                                validation_frame, trainer_config))
+    refit = config.data.refit and validation_frame is not None
+    final_pipeline, final_batch = pipeline, train_batch
+    if refit:
+        # Pass 2 (refit): the validation days are the days nearest the test days and carry the
+        # most current user and video behaviour, so they are trained on too: features refitted
+        # on every training day, each model retrained from the same init for the chosen epochs.
+        final_pipeline = RankingFeaturePipeline(config.features).fit(with_history, data.users, data.videos)
+        final_batch = final_pipeline.transform(with_history, data.users, data.videos)
+    final_pipeline.save(out_dir / FEATURES_DIR)
+    extra["n_train"] = len(final_batch)
+    extra["refit"] = refit
+
+    models: dict[str, LoadedRanker] = {}
+    histories: dict[str, TrainingHistory] = {}
+    for name, (current, network, history, init_bias) in selected.items():
+        training_extra = extra | {"init_bias": init_bias}
+        if refit:
+            refit_config = _refit_trainer_config(trainer_config, history)
+            training_extra = extra | {"selection": history.to_dict(), "refit_trainer": refit_config.model_dump(mode="json")}
+            network, history, init_bias = _train_one(current, config, final_pipeline.layout, final_batch, None, None,
+                                                     refit_config, checkpoint_name=f"{current.name}-refit")
+            training_extra["init_bias"] = init_bias
+        is_main = name == objective.name
+        model_dir = out_dir if is_main else out_dir / "baselines" / CLICK_BASELINE
+        models[name] = _write_model(model_dir, network, current, history, final_pipeline,
+                                    FEATURES_DIR if is_main else f"../../{FEATURES_DIR}", training_extra)
+        histories[name] = history if not refit else TrainingHistory.from_dict(training_extra["selection"])
+    ranker = models[objective.name]
+    history = histories[objective.name]
+    baselines = {CLICK_BASELINE: models[CLICK_BASELINE]} if CLICK_BASELINE in models else {}
+    baseline_histories = {CLICK_BASELINE: histories[CLICK_BASELINE]} if CLICK_BASELINE in models else {}
+    train_batch = final_batch
 
     best = history.best
     return RunResult(out_dir, ranker, history, dict(best.validation) if best else {}, baselines, baseline_histories,
