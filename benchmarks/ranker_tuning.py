@@ -153,7 +153,8 @@ def run_trial(build: Build, config: RankerConfig, save_scores: str | None = None
             snapshots.append({k: v.detach().clone() for k, v in network.state_dict().items()})
         if save_scores is not None:
             np.save(f"{save_scores}_e{len(per_epoch)}.npy", score[n_val:])
-        return {"weighted_per_user_loss": row["val"]["wpu"], "gauc": row["val"]["gauc"]} if n_val else {}
+        return {"weighted_per_user_loss": row["val"]["wpu"], "gauc": row["val"]["gauc"],
+                "xauc": row["val"]["xauc"]} if n_val else {}
 
     train = config.train.model_copy(update={"seed": config.seed if config.train.seed is None else config.train.seed,
                                             "progress": False})

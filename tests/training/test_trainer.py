@@ -255,3 +255,50 @@ def test_weight_decay_by_prefix_groups_parameters_by_longest_prefix() -> None:
     with pytest.raises(TrainingError, match="match no parameter"):
         _adam(model, TrainerConfig(weight_decay_by_prefix={"embedding_tables.": 1e-3}))
 
+
+
+# ---- tail averaging of epoch-end weights -------------------------------------------------------------
+
+
+def test_average_states_by_hand() -> None:
+    from ytdnn.training.trainer import average_states
+
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
+    mean = average_states([a, b])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and int(mean["n"]) == 5  # integers: the last one
+    with pytest.raises(TrainingError, match="no state"):
+        average_states([])
+
+
+def _raw_weights_after(epochs: int) -> dict[str, Tensor]:
+    model, objective, train, _ = _setup(seed=3)
+    Trainer(model, objective, train, None, TrainerConfig(batch_size=64, epochs=epochs, seed=5, **QUIET)).fit()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tail_average_keeps_the_mean_of_the_last_epoch_ends() -> None:
+    # The same seed draws the same permutations whatever the epoch count, so the raw weights at
+    # the ends of epochs 2 and 3 are those of 2- and 3-epoch runs.
+    raw_2, raw_3 = _raw_weights_after(2), _raw_weights_after(3)
+    model, objective, train, _ = _setup(seed=3)
+    Trainer(model, objective, train, None,
+            TrainerConfig(batch_size=64, epochs=3, seed=5, average_last_epochs=2, **QUIET)).fit()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, (raw_2[name] + raw_3[name]) / 2, rtol=0, atol=1e-6)
+    assert not torch.allclose(model.state_dict()["user_linear.weight"], raw_3["user_linear.weight"])
+
+
+def test_tail_average_is_what_validation_sees_and_what_is_restored() -> None:
+    model, objective, train, validation = _setup(seed=3)
+    history = Trainer(model, objective, train, validation,
+                      TrainerConfig(batch_size=64, epochs=3, seed=5, patience=0, average_last_epochs=3,
+                                    **QUIET)).fit()
+    best = history.best
+    assert best is not None
+    again = float(objective.loss(predict_outputs(model, validation), validation.is_click, validation.watch_time_s))
+    assert again == pytest.approx(best.validation["val_loss"], rel=1e-6)
+    if history.best_epoch == 3:  # then the kept weights are the mean of all three epoch ends
+        raw = [_raw_weights_after(e) for e in (1, 2, 3)]
+        torch.testing.assert_close(model.state_dict()["user_linear.weight"],
+                                   sum(r["user_linear.weight"] for r in raw) / 3, rtol=0, atol=1e-6)

@@ -58,7 +58,8 @@ from ytdnn.training import distributed
 from ytdnn.training.checkpoint import CheckpointStore, TrainingCheckpoint
 
 __all__ = ["VALIDATION_LOSS", "EpochRecord", "MetricFn", "Objective", "Trainer", "TrainerConfig", "TrainingError",
-           "TrainingHistory", "available_cores", "lr_multiplier", "predict_outputs", "torch_threads"]
+           "TrainingHistory", "available_cores", "average_states", "lr_multiplier", "predict_outputs",
+           "torch_threads"]
 
 VALIDATION_LOSS = "val_loss"
 
@@ -101,6 +102,9 @@ class TrainerConfig(BaseModel):
         default_factory=dict, description="parameter-name prefix -> learning-rate multiplier (longest prefix wins)")
     decoupled_weight_decay: bool = Field(False, description="AdamW: shrink weights by lr·decay each step instead of "
                                                             "adding decay·w to the gradient (Adam's L2)")
+    average_last_epochs: int = Field(
+        1, ge=1, description="validate and keep, at each epoch end, the mean of the last N epoch-end weights "
+                             "(tail averaging); training continues from the raw weights; 1 = no averaging")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="learning-rate multiplier over the planned steps (epochs × batches): constant 1, "
                                 "linear 1 - s/S, or cosine (1 + cos(pi s/S)) / 2")
@@ -294,6 +298,19 @@ def lr_multiplier(schedule: str, step: int, total_steps: int) -> float:
     raise TrainingError(f"lr_schedule must be constant, linear or cosine, got {schedule!r}")
 
 
+def average_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Element-wise mean of state dicts (floating tensors; other tensors are taken from the last one).
+
+    With epoch-end weights w_e this is the tail average (1/N) sum_{e > E-N} w_e (SWA over epoch
+    ends, with a constant learning rate between them).
+    """
+    if not states:
+        raise TrainingError("average_states: no state to average")
+    last = states[-1]
+    return {name: (torch.stack([state[name] for state in states]).mean(dim=0).to(tensor.dtype)
+                   if tensor.is_floating_point() else tensor.clone()) for name, tensor in last.items()}
+
+
 @torch.no_grad()
 def predict_outputs(model: nn.Module, batch: RankingBatch, batch_size: int = 16384) -> Tensor:
     """Model outputs [N, n_heads] for every row of ``batch``, in eval mode, in chunks."""
@@ -396,13 +413,14 @@ class Trainer:
 
     def _save_checkpoint(self, store: CheckpointStore, position: _Position, optimizer: torch.optim.Optimizer,
                          generator: torch.Generator, epoch_generator_state: Tensor | None,
-                         best_state: dict[str, Tensor] | None, history: TrainingHistory) -> None:
+                         best_state: dict[str, Tensor] | None, history: TrainingHistory,
+                         recent: list[dict[str, Tensor]]) -> None:
         rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
         if epoch_generator_state is not None:
             rng["epoch_generator"] = epoch_generator_state
         state = {"position": position.to_dict(), "history": history.to_dict(), "fingerprint": self._fingerprint()}
         store.save(TrainingCheckpoint(position.step, self.model.state_dict(), optimizer.state_dict(), rng, state,
-                                      best_state))
+                                      best_state, recent_epochs=list(recent)))
 
     def _restore(self, checkpoint: TrainingCheckpoint, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                  history: TrainingHistory) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None]:
@@ -426,7 +444,7 @@ class Trainer:
         history.budget_exhausted = restored.budget_exhausted
         history.resumed_from_step = checkpoint.step
         return (_Position.from_dict(checkpoint.state["position"]), checkpoint.rng.get("epoch_generator"),
-                checkpoint.best_model)
+                checkpoint.best_model, list(checkpoint.recent_epochs))
 
     # -- the loop ---------------------------------------------------------------------------------
     def _fit(self, history: TrainingHistory) -> None:
@@ -445,6 +463,8 @@ class Trainer:
             total_steps = min(total_steps, math.ceil(budget / config.batch_size))
         position = _Position()
         best_state: dict[str, Tensor] | None = None
+        # Raw epoch-end weights of the last average_last_epochs - 1 epochs (for tail averaging).
+        recent: list[dict[str, Tensor]] = []
         # The shuffling generator's state before this epoch's permutation: a mid-epoch checkpoint
         # stores it so a resumed run draws the same permutation again.
         epoch_generator_state: Tensor | None = None
@@ -464,7 +484,8 @@ class Trainer:
                 if checkpoint is None:
                     store.clear()
             if checkpoint is not None:
-                position, epoch_generator_state, best_state = self._restore(checkpoint, optimizer, generator, history)
+                position, epoch_generator_state, best_state, recent = self._restore(checkpoint, optimizer, generator,
+                                                                                    history)
                 log.info("resuming %s from %s (epoch %d, row %d, %d examples seen)", self.checkpoint_name,
                          checkpoint.path, position.epoch, position.next_start, position.seen)
                 if position.finished:  # the run had completed: the checkpoint holds its final weights
@@ -473,7 +494,8 @@ class Trainer:
 
         def save(at: _Position) -> None:
             if store is not None and ctx.is_main:
-                self._save_checkpoint(store, at, optimizer, generator, epoch_generator_state, best_state, history)
+                self._save_checkpoint(store, at, optimizer, generator, epoch_generator_state, best_state, history,
+                                      recent)
 
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
@@ -549,6 +571,11 @@ class Trainer:
                 epoch_loss_sum = _global_sum(loss_sum)
                 train_loss = epoch_loss_sum / position.rows_in_epoch if position.rows_in_epoch else math.nan
                 progress.update(task, description=f"epoch {epoch}: validating")
+                raw_state: dict[str, Tensor] | None = None
+                if config.average_last_epochs > 1:
+                    # Validate (and keep) the mean of the last N epoch-end weights; train on from the raw ones.
+                    raw_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.model.load_state_dict(average_states([*recent, raw_state]))
                 validation = self.evaluate()
                 record = EpochRecord(epoch, train_loss, position.seen, time.perf_counter() - started, validation)
                 history.epochs.append(record)
@@ -561,6 +588,12 @@ class Trainer:
                         position.epochs_without_improvement = 0
                     else:
                         position.epochs_without_improvement += 1
+                if raw_state is not None:
+                    averaged_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.model.load_state_dict(raw_state)
+                    recent = [*recent, raw_state][-(config.average_last_epochs - 1):]
+                    if not validation:  # no early stopping: the run ends with the last averaged weights
+                        best_state = averaged_state
                 position = replace(position, epoch=epoch + 1, next_start=0, loss_sum=0.0, rows_in_epoch=0,
                                    epoch_seconds=0.0)
                 epoch_generator_state = None
