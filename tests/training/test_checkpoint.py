@@ -224,3 +224,24 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     left, right = load_file(str(reference_dir / "model.safetensors")), load_file(str(killed_dir / "model.safetensors"))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
     assert math.isfinite(selection["best_validation"]["weighted_per_user_loss"])
+
+
+def test_resume_with_tail_averaging_and_an_lr_schedule_is_bit_exact(tmp_path: Path) -> None:
+    # The averaged window (the previous epoch ends) travels in the checkpoint; the schedule is a
+    # function of the step, which the checkpoint holds.
+    extra = {"average_last_epochs": 2, "lr_schedule": "linear", "weight_decay_by_prefix": {"embeddings.": 1e-3}}
+    model, objective, train, validation = _setup()
+    full_dir = tmp_path / "full"
+    reference = Trainer(model, objective, train, validation, _config(full_dir, **extra)).fit()
+    store = CheckpointStore(full_dir / objective.name)
+    for step in (9, 18):  # mid-epoch 2 (one epoch end in the window), mid-epoch 3 (two seen)
+        assert len(store.load(store.directory / f"checkpoint-{step:012d}.safetensors").recent_epochs) == 1
+        resume_dir = tmp_path / f"resume-{step}" / objective.name
+        resume_dir.mkdir(parents=True)
+        shutil.copy(store.directory / f"checkpoint-{step:012d}.safetensors", resume_dir)
+        fresh, objective_again, _, _ = _setup(init_seed=99)
+        history = Trainer(fresh, objective_again, train, validation,
+                          _config(resume_dir.parent, resume=True, **extra)).fit()
+        assert history.resumed_from_step == step
+        assert _without_seconds(history) == _without_seconds(reference)
+        _assert_same_weights(fresh, model)

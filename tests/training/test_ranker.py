@@ -56,7 +56,7 @@ def test_run_folder_is_complete(run) -> None:
     assert training["validation_dates"] == [20220504] and result.validation_dates == [20220504]
     assert training["n_train"] == result.n_train > 0 and training["n_validation"] == result.n_validation > 0
     assert training["trainer"]["seed"] == 11  # the run's seed reaches the trainer
-    assert training["early_stopping_metric"] == "xauc" and training["refit"] is False
+    assert training["early_stopping_metric"] == "weighted_per_user_loss" and training["refit"] is False
     assert len(training["epochs"]) == 3 and training["best_epoch"] in (1, 2, 3)
     click = json.loads((out_dir / "baselines/click/model.json").read_text())
     assert click["objective"]["name"] == "click" and click["features"] == "../../features"
@@ -144,7 +144,8 @@ def test_every_day_a_validation_day_is_an_error(tmp_path: Path, data: Interactio
 
 def test_partial_train_section_keeps_the_ranker_defaults() -> None:
     config = RankerConfig.load(overrides=["train.lr=0.01", "seed=5"])
-    assert config.train.lr == 0.01 and config.train.early_stopping_metric == "xauc" and config.train.mode == "max"
+    assert config.train.lr == 0.01 and config.train.early_stopping_metric == "weighted_per_user_loss"
+    assert config.train.average_last_epochs == 5 and config.data.refit
     assert config.train.seed is None and config.seed == 5
     with pytest.raises(ValueError, match="train.bacth_size"):
         RankerConfig.load(overrides=["train.bacth_size=5"])
@@ -182,17 +183,19 @@ def test_empty_frame_scores_to_empty_arrays(run, data: InteractionData) -> None:
 
 
 def test_refit_retrains_on_every_training_day_for_the_selected_epochs(tmp_path: Path, data: InteractionData) -> None:
-    config = RankerConfig.load(overrides=FAST | {"train.epochs": 3, "train.patience": 1, "seed": 4})
+    config = RankerConfig.load(overrides=FAST | {"train.epochs": 3, "train.patience": 1, "seed": 4,
+                                                 "train.average_last_epochs": 1})
     assert config.data.refit  # the default
     result = train_ranker(config, tmp_path, data=data)
     training = json.loads((tmp_path / "training.json").read_text())
     selection = training["selection"]
     chosen = selection["best_epoch"]
     assert training["refit"] is True and chosen in (1, 2, 3)
-    # The selection pass early-stopped on the validation day's XAUC (higher is better) ...
-    xaucs = [e["validation"]["xauc"] for e in selection["epochs"]]
-    assert xaucs[chosen - 1] == max(xaucs)
-    assert result.history.best_epoch == chosen and result.validation["xauc"] == max(xaucs)
+    # The selection pass early-stopped on the validation day's weighted per-user loss ...
+    losses = [e["validation"]["weighted_per_user_loss"] for e in selection["epochs"]]
+    assert losses[chosen - 1] == min(losses)
+    assert result.history.best_epoch == chosen and result.validation["weighted_per_user_loss"] == min(losses)
+    assert "xauc" in result.validation  # reported beside it
     # ... and the refit trained `chosen` epochs over every training day, validation day included.
     dates = data.impressions["date"]
     n_all = int((dates <= 20220504).sum())

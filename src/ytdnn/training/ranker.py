@@ -132,13 +132,18 @@ class BaselinesSection(_Section):
 
 
 def _default_train() -> TrainerConfig:
-    # Chosen on KuaiRand by validation-day and ablation runs (see README, "Ranker tuning"): the
-    # user×video memorisation that lowers the weighted per-user loss keeps improving on the
-    # validation day (adjacent to the training days) for 5+ epochs while the test days (1–4 days
-    # later) stop improving after ~3 and XAUC falls from the first epoch on, so epochs are capped
-    # at 3; L2 1e-5 keeps the odds from running away (mean ratio 5–9× without it).
-    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=4, patience=1, weight_decay=1e-5,
-                         early_stopping_metric=VALIDATION_XAUC, mode="max")
+    # Chosen on KuaiRand by a backtest (the split moved 4 days back: train to 2022-04-29, validate
+    # on 04-30, score 05-01..04; no test day read) and the validation days (README, "Ranker
+    # tuning"). More epochs lower the weighted per-user loss but cost XAUC: the user-id embedding
+    # memorises each user's level (the page mean of the logit), which does not carry over to later
+    # days, while its within-page ranking does. Averaging the epoch-end weights (tail averaging
+    # over all epochs) reaches the later epochs' within-page ranking at a smaller XAUC cost, and
+    # the refit on every training day (data.refit) adds the most recent day. Early stopping on the
+    # validation day's weighted per-user loss is a guard; on KuaiRand it keeps improving to the
+    # cap, so the cap (5) is the choice that matters. L2 1e-5 (Adam's coupled decay, which shrinks
+    # rarely seen embedding rows between visits) keeps the odds from running away.
+    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=5, patience=1, weight_decay=1e-5, average_last_epochs=5,
+                         early_stopping_metric=WEIGHTED_PER_USER_LOSS)
 
 
 class RankerConfig(JobConfig):
