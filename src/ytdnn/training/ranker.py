@@ -19,7 +19,14 @@
    loss (pages = (user_id, date)) — or on the validation loss when the validation days hold no
    (clicked, unclicked) pair with watch time;
 5. with ``baselines.click`` does the same for the unweighted click model (objective ``click``)
-   with the same network, features and seed.
+   with the same network, features and seed;
+6. with ``data.refit`` (the default) and validation days: refits the feature pipeline on *every*
+   training day and retrains each model from the same seed on all of them, validation days
+   included, for the epoch count that early stopping chose in steps 4–5 (no validation, no early
+   stopping). The validation days are the days nearest the test days, and on KuaiRand training on
+   them moves the whole (weighted per-user loss, XAUC) frontier (README, "Ranker tuning"). The run
+   keeps the refitted models; ``training.json`` holds the refit's history plus the selection
+   pass's under ``selection``.
 
 The run folder, every file written atomically (``model.json`` last, so a folder without it is
 an incomplete run)::
@@ -28,7 +35,7 @@ an incomplete run)::
     features/              the fitted feature pipeline (pipeline.save)
     model.safetensors      network weights
     model.json             network config, objective config (name, params, fitted constants)
-    training.json          per-epoch history, best epoch, validation metrics
+    training.json          per-epoch history, best epoch, validation metrics (refit: + "selection")
     baselines/click/       model.safetensors, model.json, training.json (features shared)
 
 :func:`load_ranker` reads a model folder (the run folder or ``baselines/click``) back, without

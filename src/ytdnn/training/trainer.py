@@ -11,6 +11,13 @@ objective's normalisation) and whatever ``metric_fn(predictions)`` returns. Trai
 ``config.early_stopping_metric`` has not improved for ``config.patience`` epochs, and the best
 epoch's weights are restored.
 
+Optimiser options: per-parameter-group weight decay and learning-rate multipliers by parameter
+name prefix (``weight_decay_by_prefix``, ``lr_scale_by_prefix``), decoupled (AdamW) decay, a
+learning-rate schedule over the planned steps (``lr_schedule``: lr_s = lr·m(s/S), linear
+m = 1 - s/S or cosine m = (1 + cos(pi s/S))/2), and tail averaging (``average_last_epochs`` = N):
+at each epoch end E the weights validated, kept as the best and finally restored are
+(1/N') sum_{e=E-N'+1..E} w_e with N' = min(N, E), while training goes on from the raw w_E.
+
 Reproducible: the same seed, data, model init and thread count give identical weights.
 
 Threads: one by default. The ranking tower's ops are small (a 1024-row batch, a few hundred
@@ -423,7 +430,8 @@ class Trainer:
                                       best_state, recent_epochs=list(recent)))
 
     def _restore(self, checkpoint: TrainingCheckpoint, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                 history: TrainingHistory) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None]:
+                 history: TrainingHistory
+                 ) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None, list[dict[str, Tensor]]]:
         expected, found = self._fingerprint(), checkpoint.state.get("fingerprint", {})
         if found != expected:
             differing = sorted(k for k in expected if found.get(k) != expected[k])
