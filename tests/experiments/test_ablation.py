@@ -17,7 +17,7 @@ FAST = {"model.hidden": [8], "train.epochs": 2, "train.batch_size": 256, "train.
         "train.num_threads": 1, "baselines.click": False, "seed": 2}
 
 
-def test_rows_of_a_refitted_run_train_on_every_training_day_for_its_epochs(tmp_path: Path) -> None:
+def test_rows_of_a_refitted_run_select_their_epochs_and_refit_on_every_training_day(tmp_path: Path) -> None:
     data = simulate(SIM)
     run_dir = tmp_path / "run"
     result = train_ranker(RankerConfig.load(overrides=FAST), run_dir, data=data)
@@ -30,8 +30,10 @@ def test_rows_of_a_refitted_run_train_on_every_training_day_for_its_epochs(tmp_p
     n_train_days = int((data.impressions["date"] <= 20220504).sum())
     for row in payload["rows"][:-1]:
         training = json.loads((run_dir / row["model_dir"] / "training.json").read_text())
-        assert training["n_train"] == n_train_days and training["validation_dates"] == []
-        assert len(training["epochs"]) == epochs and "selection" not in training
+        # Each row early-stops on the validation day by itself, then refits on every training day.
+        assert training["refit"] is True and training["validation_dates"] == [20220504]
+        assert training["n_train"] == n_train_days
+        assert len(training["epochs"]) == training["selection"]["best_epoch"] == row["best_epoch"]
         config = RankerConfig.read(run_dir / row["model_dir"] / "config.json")
         assert sorted(config.features.groups) == sorted(dict(ABLATION_ROWS)[row["name"]])
         assert 0 <= row["weighted_per_user_loss"] <= 1 and 0 <= row["xauc"] <= 1

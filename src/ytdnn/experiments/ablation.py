@@ -2,9 +2,9 @@
 
 Rows (cumulative, as the issue asks): ids only; + video statistics; + user history; + profile
 fields; the full set (+ context). Each row is trained with the run's own config (only
-``features.groups`` changes, no click baseline; for a refitted run, directly on every training day
-for the run's epoch count, as its final model was) and scored on the test days exactly as
-``ytdnn evaluate`` scores the run. Written to ``RUN_DIR/ablation.json`` and folded into
+``features.groups`` changes, no click baseline) — its own early stopping on the validation days
+and, for a refitted run, its own refit on every training day — and scored on the test days
+exactly as ``ytdnn evaluate`` scores the run. Written to ``RUN_DIR/ablation.json`` and folded into
 ``report.md`` by the next ``ytdnn evaluate``.
 """
 
@@ -38,19 +38,12 @@ def run_feature_ablation(run_dir: str | Path, *, data: InteractionData | None = 
         data = load_dataset(config.data.dataset, config.data.data_dir, on_bad_rows=config.data.on_bad_rows)
     results = []
     full_groups = sorted(config.features.groups)
-    run_training = read_json(run_dir / "training.json")
-    # A refitted run's model was trained on every training day for the epochs its selection pass
-    # chose; each row is trained the same way directly (no selection pass of its own: half the
-    # cost, the same procedure as the run's final model).
-    refit_rows: dict[str, Any] = {}
-    if run_training.get("refit"):
-        refit_rows = {"data.validation_days": 0, "train.epochs": len(run_training["epochs"])}
     for index, (name, groups) in enumerate(rows or ABLATION_ROWS):
         if sorted(groups) == full_groups:
             model_dir = run_dir  # the run itself is this row: no need to train it again
         else:
             model_dir = run_dir / "ablation" / f"{index}"
-            row_config = config.merged({"features.groups": groups, "baselines.click": False} | refit_rows)
+            row_config = config.merged({"features.groups": groups, "baselines.click": False})
             train_ranker(row_config, model_dir, data=data)
         ranker = load_ranker(model_dir)
         _, _, test = split_frames(config, ranker, data)
