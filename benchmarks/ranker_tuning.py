@@ -4,6 +4,12 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ranker_tuning.py --split backtest \
         --trial 'name=base' --trial 'name=cos train.lr_schedule=cosine' --out reports/tuning.jsonl
+    # a refit on every training day (no validation day), with uniform averages of epoch ends:
+    ... --swa 1+2+3+4 --trial 'name=refit data.validation_days=0 train.early_stopping_metric=val_loss \
+        train.mode=min train.patience=0 train.epochs=4'
+
+Without validation days the evaluation rows stand in as the trainer's validation set only so
+that every epoch is scored: read the trajectory, never the kept epoch, then.
 
 Each ``--trial`` is ``name=NAME`` followed by ``key=value`` overrides of the ranker config
 (``train.*``, ``model.*``, ``features.*``, ``objective.*``, ``seed``; values parsed as JSON when
@@ -48,7 +54,7 @@ from ytdnn.features.ranking import RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet
 from ytdnn.training.losses import make_objective
 from ytdnn.training.ranker import RankerConfig, page_ids
-from ytdnn.training.trainer import Trainer
+from ytdnn.training.trainer import Trainer, predict_outputs
 from ytdnn.utils.seed import seed_everything
 
 SPLITS = {"backtest": (20220430, 20220501, 20220504), "test": (20220504, 20220505, None)}
@@ -166,7 +172,6 @@ def run_trial(build: Build, config: RankerConfig, save_scores: str | None = None
             continue
         network.load_state_dict({k: torch.stack([snapshots[e - 1][k].float() for e in epochs]).mean(0)
                                  for k in snapshots[0]})
-        from ytdnn.training.trainer import predict_outputs
         with torch.no_grad():
             predictions = {k: v.numpy() for k, v in objective.predict(predict_outputs(network, build.both)).items()}
         n_before = len(per_epoch)
