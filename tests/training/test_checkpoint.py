@@ -214,11 +214,35 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 
     reference = json.loads((reference_dir / "training.json").read_text())
     resumed = json.loads((killed_dir / "training.json").read_text())
-    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= 20
-    assert resumed["examples_seen"] == reference["examples_seen"] > 0
-    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in reference["epochs"]]
+    # The kill came during the selection pass (checkpoints/wlr-corrected); the refit then ran afresh.
+    selection, reference_selection = resumed["selection"], reference["selection"]
+    assert selection["resumed_from_step"] is not None and selection["resumed_from_step"] >= 20
+    for ran, unbroken in ((selection, reference_selection), (resumed, reference)):
+        assert ran["examples_seen"] == unbroken["examples_seen"] > 0
+        assert [e["train_loss"] for e in ran["epochs"]] == [e["train_loss"] for e in unbroken["epochs"]]
     # Bit-exact: the same weights as the run that was never interrupted.
     left, right = load_file(str(reference_dir / "model.safetensors")), load_file(str(killed_dir / "model.safetensors"))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-    assert math.isfinite(resumed["best_validation"]["weighted_per_user_loss"])
-    assert resumed["calibration"] == reference["calibration"]  # the same held-out constant c
+    assert math.isfinite(selection["best_validation"]["weighted_per_user_loss"])
+    assert resumed["calibration"] == reference["calibration"]  # the same calibration constant c
+
+
+def test_resume_with_tail_averaging_and_an_lr_schedule_is_bit_exact(tmp_path: Path) -> None:
+    # The averaged window (the previous epoch ends) travels in the checkpoint; the schedule is a
+    # function of the step, which the checkpoint holds.
+    extra = {"average_last_epochs": 2, "lr_schedule": "linear", "weight_decay_by_prefix": {"embeddings.": 1e-3}}
+    model, objective, train, validation = _setup()
+    full_dir = tmp_path / "full"
+    reference = Trainer(model, objective, train, validation, _config(full_dir, **extra)).fit()
+    store = CheckpointStore(full_dir / objective.name)
+    for step in (9, 18):  # mid-epoch 2 (one epoch end in the window), mid-epoch 3 (two seen)
+        assert len(store.load(store.directory / f"checkpoint-{step:012d}.safetensors").recent_epochs) == 1
+        resume_dir = tmp_path / f"resume-{step}" / objective.name
+        resume_dir.mkdir(parents=True)
+        shutil.copy(store.directory / f"checkpoint-{step:012d}.safetensors", resume_dir)
+        fresh, objective_again, _, _ = _setup(init_seed=99)
+        history = Trainer(fresh, objective_again, train, validation,
+                          _config(resume_dir.parent, resume=True, **extra)).fit()
+        assert history.resumed_from_step == step
+        assert _without_seconds(history) == _without_seconds(reference)
+        _assert_same_weights(fresh, model)

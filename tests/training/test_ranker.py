@@ -19,6 +19,9 @@ SIM = SimulatorConfig(n_users=120, n_videos=200, n_days=5, start_date=20220501, 
                       n_authors=40, n_music=50, n_tokens=100, seed=3)
 FAST = {"model.hidden": [16], "train.epochs": 3, "train.batch_size": 256, "train.progress": False,
         "train.num_threads": 1, "train.patience": 5}
+# The module's main run skips the refit, so its saved model is the early-stopped one (the refit
+# has its own test below).
+SELECTION_ONLY = {"data.refit": False}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def data() -> InteractionData:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, data: InteractionData):
     dataset_dir = write_dataset(data, tmp_path_factory.mktemp("dataset"))
-    config = RankerConfig.load(overrides=FAST | {"data.dataset": str(dataset_dir), "seed": 11})
+    config = RankerConfig.load(overrides=FAST | SELECTION_ONLY | {"data.dataset": str(dataset_dir), "seed": 11})
     out_dir = tmp_path_factory.mktemp("run")
     return config, train_ranker(config, out_dir), out_dir
 
@@ -56,7 +59,7 @@ def test_run_folder_is_complete(run) -> None:
     assert training["validation_dates"] == [20220504] and result.validation_dates == [20220504]
     assert training["n_train"] == result.n_train > 0 and training["n_validation"] == result.n_validation > 0
     assert training["trainer"]["seed"] == 11  # the run's seed reaches the trainer
-    assert training["early_stopping_metric"] == "weighted_per_user_loss"
+    assert training["early_stopping_metric"] == "weighted_per_user_loss" and training["refit"] is False
     assert len(training["epochs"]) == 3 and training["best_epoch"] in (1, 2, 3)
     click = json.loads((out_dir / "baselines/click/model.json").read_text())
     assert click["objective"]["name"] == "click" and click["features"] == "../../features"
@@ -178,6 +181,7 @@ def test_every_day_a_validation_day_is_an_error(tmp_path: Path, data: Interactio
 def test_partial_train_section_keeps_the_ranker_defaults() -> None:
     config = RankerConfig.load(overrides=["train.lr=0.01", "seed=5"])
     assert config.train.lr == 0.01 and config.train.early_stopping_metric == "weighted_per_user_loss"
+    assert config.train.average_last_epochs == 5 and config.data.refit
     assert config.train.seed is None and config.seed == 5
     with pytest.raises(ValueError, match="train.bacth_size"):
         RankerConfig.load(overrides=["train.bacth_size=5"])
@@ -190,7 +194,7 @@ def test_validation_without_pairs_falls_back_to_the_validation_loss(tmp_path: Pa
         pl.when(on_validation_day).then(0).otherwise(pl.col("is_click")).cast(pl.Int8).alias("is_click"),
         pl.when(on_validation_day).then(0.0).otherwise(pl.col("watch_time_s")).alias("watch_time_s"))
     no_clicks = InteractionData(impressions, data.users, data.videos)
-    config = RankerConfig.load(overrides=FAST | {"baselines.click": False, "train.epochs": 2})
+    config = RankerConfig.load(overrides=FAST | SELECTION_ONLY | {"baselines.click": False, "train.epochs": 2})
     result = train_ranker(config, tmp_path, data=no_clicks)
     training = json.loads((tmp_path / "training.json").read_text())
     assert training["early_stopping_metric"] == "val_loss" and "no (clicked, unclicked) pair" in training["note"]
@@ -212,3 +216,40 @@ def test_empty_frame_scores_to_empty_arrays(run, data: InteractionData) -> None:
     frame = _validation_frame(result, data).head(0)
     scores = result.ranker.score_frame(frame, data.users, data.videos)
     assert set(scores) == {"logit", "odds", "p_click", "expected_watch_s"} and all(len(v) == 0 for v in scores.values())
+
+
+
+def test_refit_retrains_on_every_training_day_for_the_selected_epochs(tmp_path: Path, data: InteractionData) -> None:
+    config = RankerConfig.load(overrides=FAST | {"train.epochs": 3, "train.patience": 1, "seed": 4,
+                                                 "train.average_last_epochs": 1})
+    assert config.data.refit  # the default
+    result = train_ranker(config, tmp_path, data=data)
+    training = json.loads((tmp_path / "training.json").read_text())
+    selection = training["selection"]
+    chosen = selection["best_epoch"]
+    assert training["refit"] is True and chosen in (1, 2, 3)
+    # The selection pass early-stopped on the validation day's weighted per-user loss ...
+    losses = [e["validation"]["weighted_per_user_loss"] for e in selection["epochs"]]
+    assert losses[chosen - 1] == min(losses)
+    assert result.history.best_epoch == chosen and result.validation["weighted_per_user_loss"] == min(losses)
+    assert "xauc" in result.validation  # reported beside it
+    # ... and the refit trained `chosen` epochs over every training day, validation day included.
+    dates = data.impressions["date"]
+    n_all = int((dates <= 20220504).sum())
+    assert training["n_train"] == result.n_train == n_all
+    assert len(training["epochs"]) == chosen and training["epochs"][-1]["examples_seen"] == chosen * n_all
+    assert training["refit_trainer"]["epochs"] == chosen and training["best_epoch"] is None
+    # Constants and features come from every training day: the WLR bias-only optimum over them.
+    train = data.impressions.filter(dates <= 20220504)
+    watch, clicks = float(train["watch_time_s"].sum()), int(train["is_click"].sum())
+    assert training["init_bias"][0] == pytest.approx(np.log(watch / (train.height - clicks)), rel=1e-5)
+    clicked_videos = set(train.filter(pl.col("is_click") == 1)["video_id"].to_list())
+    assert result.ranker.pipeline.vocabularies["video_id"].size == len(clicked_videos) + 1  # + OOV row
+    # The click baseline is refitted the same way and shares the refitted features.
+    click_training = json.loads((tmp_path / "baselines/click/training.json").read_text())
+    assert click_training["n_train"] == n_all and len(click_training["epochs"]) == \
+        click_training["selection"]["best_epoch"]
+    # The folder reloads to the in-memory model.
+    frame = _validation_frame(result, data)
+    np.testing.assert_array_equal(load_ranker(tmp_path).score_frame(frame, data.users, data.videos)["logit"],
+                                  result.ranker.score_frame(frame, data.users, data.videos)["logit"])

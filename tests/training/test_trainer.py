@@ -173,3 +173,132 @@ def test_thread_count_is_restored() -> None:
     history = Trainer(model, objective, train, validation,
                       TrainerConfig(epochs=1, progress=False, num_threads=2)).fit()
     assert history.num_threads == 2 and torch.get_num_threads() == before
+
+
+# ---- learning-rate schedule and parameter groups ------------------------------------------------------
+
+
+def test_lr_multiplier_by_hand() -> None:
+    from ytdnn.training.trainer import lr_multiplier
+
+    assert [lr_multiplier("constant", s, 4) for s in range(4)] == [1.0, 1.0, 1.0, 1.0]
+    assert [lr_multiplier("linear", s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    # cosine: (1 + cos(pi s/4)) / 2 = 1, (1 + 1/sqrt 2)/2, 1/2, (1 - 1/sqrt 2)/2, 0
+    expected = [1.0, 0.5 + 0.5 / math.sqrt(2), 0.5, 0.5 - 0.5 / math.sqrt(2), 0.0]
+    assert [lr_multiplier("cosine", s, 4) for s in range(5)] == pytest.approx(expected, abs=1e-12)
+    assert lr_multiplier("linear", 9, 4) == 0.0  # past the horizon it stays at 0
+    with pytest.raises(TrainingError, match="lr_schedule"):
+        lr_multiplier("step", 1, 4)
+
+
+def _recorded_learning_rates(monkeypatch: pytest.MonkeyPatch, config: TrainerConfig) -> list[list[float]]:
+    model, objective, train, validation = _setup(n_train=100)
+    seen: list[list[float]] = []
+    original = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append([group["lr"] for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    Trainer(model, objective, train, validation, config).fit()
+    return seen
+
+
+def test_linear_schedule_decays_over_the_planned_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 rows, batch 25: 4 steps per epoch, 2 epochs = 8 planned steps; lr_t = 0.01 (1 - t/8).
+    config = TrainerConfig(batch_size=25, epochs=2, lr=0.01, patience=0, lr_schedule="linear", **QUIET)
+    lrs = [group[0] for group in _recorded_learning_rates(monkeypatch, config)]
+    assert lrs == pytest.approx([0.01 * (1 - t / 8) for t in range(8)], rel=1e-12)
+    # The budget shortens the horizon: 60 rows = 3 steps of 25 (the last one cut to 10 rows).
+    budget = config.model_copy(update={"max_examples": 60})
+    lrs = [group[0] for group in _recorded_learning_rates(monkeypatch, budget)]
+    assert lrs == pytest.approx([0.01, 0.01 * 2 / 3, 0.01 / 3], rel=1e-12)
+
+
+def test_lr_scale_by_prefix_freezes_or_slows_only_those_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainerConfig(batch_size=25, epochs=1, lr=0.01, patience=0, lr_schedule="cosine",
+                           lr_scale_by_prefix={"embeddings.": 0.5}, **QUIET)
+    groups = _recorded_learning_rates(monkeypatch, config)
+    # Two groups (tower at 1×, tables at 0.5×), both on the same cosine schedule over 4 steps.
+    assert len(groups) == 4 and all(len(g) == 2 for g in groups)
+    assert sorted(groups[1]) == pytest.approx(sorted([0.01 * (0.5 + 0.5 / math.sqrt(2)),
+                                                      0.005 * (0.5 + 0.5 / math.sqrt(2))]))
+
+    model, objective, train, validation = _setup()
+    tables_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("embeddings.")}
+    tower_before = model.state_dict()["user_linear.weight"].clone()
+    Trainer(model, objective, train, validation,
+            TrainerConfig(batch_size=64, epochs=1, patience=0, lr_scale_by_prefix={"embeddings.": 0.0},
+                          **QUIET)).fit()
+    after = model.state_dict()
+    assert tables_before and all(torch.equal(after[k], v) for k, v in tables_before.items())
+    assert not torch.equal(after["user_linear.weight"], tower_before)
+
+
+def test_weight_decay_by_prefix_groups_parameters_by_longest_prefix() -> None:
+    from ytdnn.training.trainer import _adam
+
+    model, _, _, _ = _setup()
+    names = {id(p): name for name, p in model.named_parameters()}
+    table_names = [name for name in names.values() if name.startswith("embeddings.tables.")]
+    first_table = table_names[0]
+    config = TrainerConfig(weight_decay=1e-5, decoupled_weight_decay=True,
+                           weight_decay_by_prefix={"embeddings.": 1e-3, first_table: 0.1})
+    optimizer = _adam(model, config)
+    decay_of = {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay_of[first_table] == 0.1
+    assert all(decay_of[name] == 1e-3 for name in table_names[1:])
+    assert decay_of["user_linear.weight"] == 1e-5
+    assert len(decay_of) == len(names)  # every parameter in exactly one group
+    assert all(group["decoupled_weight_decay"] for group in optimizer.param_groups)
+    with pytest.raises(TrainingError, match="match no parameter"):
+        _adam(model, TrainerConfig(weight_decay_by_prefix={"embedding_tables.": 1e-3}))
+
+
+
+# ---- tail averaging of epoch-end weights -------------------------------------------------------------
+
+
+def test_average_states_by_hand() -> None:
+    from ytdnn.training.trainer import average_states
+
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
+    mean = average_states([a, b])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and int(mean["n"]) == 5  # integers: the last one
+    with pytest.raises(TrainingError, match="no state"):
+        average_states([])
+
+
+def _raw_weights_after(epochs: int) -> dict[str, Tensor]:
+    model, objective, train, _ = _setup(seed=3)
+    Trainer(model, objective, train, None, TrainerConfig(batch_size=64, epochs=epochs, seed=5, **QUIET)).fit()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tail_average_keeps_the_mean_of_the_last_epoch_ends() -> None:
+    # The same seed draws the same permutations whatever the epoch count, so the raw weights at
+    # the ends of epochs 2 and 3 are those of 2- and 3-epoch runs.
+    raw_2, raw_3 = _raw_weights_after(2), _raw_weights_after(3)
+    model, objective, train, _ = _setup(seed=3)
+    Trainer(model, objective, train, None,
+            TrainerConfig(batch_size=64, epochs=3, seed=5, average_last_epochs=2, **QUIET)).fit()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, (raw_2[name] + raw_3[name]) / 2, rtol=0, atol=1e-6)
+    assert not torch.allclose(model.state_dict()["user_linear.weight"], raw_3["user_linear.weight"])
+
+
+def test_tail_average_is_what_validation_sees_and_what_is_restored() -> None:
+    model, objective, train, validation = _setup(seed=3)
+    history = Trainer(model, objective, train, validation,
+                      TrainerConfig(batch_size=64, epochs=3, seed=5, patience=0, average_last_epochs=3,
+                                    **QUIET)).fit()
+    best = history.best
+    assert best is not None
+    again = float(objective.loss(predict_outputs(model, validation), validation.is_click, validation.watch_time_s))
+    assert again == pytest.approx(best.validation["val_loss"], rel=1e-6)
+    if history.best_epoch == 3:  # then the kept weights are the mean of all three epoch ends
+        raw = [_raw_weights_after(e) for e in (1, 2, 3)]
+        torch.testing.assert_close(model.state_dict()["user_linear.weight"],
+                                   sum(r["user_linear.weight"] for r in raw) / 3, rtol=0, atol=1e-6)

@@ -2,8 +2,9 @@
 
 Rows (cumulative, as the issue asks): ids only; + video statistics; + user history; + profile
 fields; the full set (+ context). Each row is trained with the run's own config (only
-``features.groups`` changes, no click baseline) and scored on the test days exactly as
-``ytdnn evaluate`` scores the run. Written to ``RUN_DIR/ablation.json`` and folded into
+``features.groups`` changes, no click baseline) — its own early stopping on the validation days
+and, for a refitted run, its own refit on every training day — and scored on the test days
+exactly as ``ytdnn evaluate`` scores the run. Written to ``RUN_DIR/ablation.json`` and folded into
 ``report.md`` by the next ``ytdnn evaluate``.
 """
 
@@ -54,7 +55,7 @@ def run_feature_ablation(run_dir: str | Path, *, data: InteractionData | None = 
         results.append({"name": name, "groups": groups, "model_dir": str(model_dir.relative_to(run_dir)),
                         "weighted_per_user_loss": metrics["weighted_per_user_loss"], "xauc": metrics["xauc"],
                         "xauc_clicked": metrics["xauc_clicked"], "gauc": metrics["gauc"],
-                        "mean_ratio": metrics["mean_ratio"], "best_epoch": training.get("best_epoch")})
+                        "mean_ratio": metrics["mean_ratio"], "best_epoch": training.get("selection", training).get("best_epoch")})
     payload = {"objective": config.objective.name, "rows": results}
     atomic_write_json(run_dir / "ablation.json", payload)
     return payload

@@ -817,9 +817,12 @@ def train_method(world: PreparedWorld, method: MethodSpec, ranker_config: Ranker
     if metric not in (VALIDATION_LOSS, WEIGHTED_PER_USER_LOSS, "gauc"):
         raise WlrMethodsError(f"ranker train.early_stopping_metric={metric!r}: the study supports "
                               f"{VALIDATION_LOSS!r}, {WEIGHTED_PER_USER_LOSS!r} and 'gauc'")
+    # No tail averaging: the study compares the objectives' optima, and an average over the
+    # trajectory (the ranker's default, a regulariser) sits off them.
     trainer_config = ranker_config.train.model_copy(update={
         "seed": seed, "epochs": epochs, "patience": 0, "max_examples": epochs * len(train),
-        "early_stopping_metric": metric, "mode": mode, "progress": False, "num_threads": 1})
+        "early_stopping_metric": metric, "mode": mode, "progress": False, "num_threads": 1,
+        "average_last_epochs": 1})
     metric_fn = (_validation_metric_fn(labels, objective.ranking_key, ndcg_k, with_gauc=metric == "gauc")
                  if labels is not None else None)
     trainer = Trainer(network, objective, train, world.validation, trainer_config, metric_fn)

@@ -4,6 +4,7 @@ A checkpoint holds everything needed to continue a run exactly where it stopped:
 
 * ``model/<name>``      the network's state dict;
 * ``best/<name>``       the best epoch's weights so far (early stopping restores them at the end);
+* ``recent<i>/<name>``  the last epoch-end weights kept for tail averaging (``average_last_epochs``);
 * ``optimizer/<i>/<k>`` the optimiser's per-parameter state (Adam's ``step``, ``exp_avg``, ...);
 * ``rng/<name>``        RNG states as uint8 tensors (the global torch RNG for dropout, the
   trainer's shuffling generator now and at the start of the current epoch, so the epoch's
@@ -56,6 +57,7 @@ class TrainingCheckpoint:
     state: dict[str, Any]  # JSON-able: position, running sums, history, fingerprint
     best_model: dict[str, Tensor] | None = None
     path: Path | None = field(default=None, compare=False)
+    recent_epochs: list[dict[str, Tensor]] = field(default_factory=list)  # oldest first
 
 
 def _json_safe(value: Any) -> Any:
@@ -140,8 +142,11 @@ class CheckpointStore:
                    | _tensors("rng", checkpoint.rng))
         if checkpoint.best_model is not None:
             tensors |= _tensors("best", checkpoint.best_model)
+        for index, recent in enumerate(checkpoint.recent_epochs):
+            tensors |= _tensors(f"recent{index}", recent)
         header = {"format": CHECKPOINT_FORMAT, "step": checkpoint.step, "optimizer": optimizer_rest,
-                  "has_best": checkpoint.best_model is not None, "state": _json_safe(checkpoint.state)}
+                  "has_best": checkpoint.best_model is not None, "n_recent": len(checkpoint.recent_epochs),
+                  "state": _json_safe(checkpoint.state)}
         metadata = {_METADATA_KEY: json.dumps(header, allow_nan=False)}
         path = self.directory / f"checkpoint-{checkpoint.step:012d}.safetensors"
         atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), suffix=".safetensors")
@@ -164,8 +169,9 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: format must be {CHECKPOINT_FORMAT!r}, got {header.get('format')!r}")
         optimizer = optimizer_state_from_tensors(_strip("optimizer", tensors), header["optimizer"])
         best = _strip("best", tensors) if header.get("has_best") else None
+        recent = [_strip(f"recent{index}", tensors) for index in range(int(header.get("n_recent", 0)))]
         return TrainingCheckpoint(int(header["step"]), _strip("model", tensors), optimizer, _strip("rng", tensors),
-                                  dict(header["state"]), best, path)
+                                  dict(header["state"]), best, path, recent)
 
     def latest(self) -> TrainingCheckpoint | None:
         path = self.latest_path()

@@ -23,7 +23,14 @@
    they hold fewer than :data:`~ytdnn.training.calibration.MIN_VALIDATION_CLICKS` clicks), see
    :mod:`ytdnn.training.calibration`; c is stored with the objective in ``model.json``;
 5. with ``baselines.click`` does the same for the unweighted click model (objective ``click``)
-   with the same network, features and seed.
+   with the same network, features and seed;
+6. with ``data.refit`` (the default) and validation days: refits the feature pipeline on *every*
+   training day and retrains each model from the same seed on all of them, validation days
+   included, for the epoch count that early stopping chose in steps 4–5 (no validation, no early
+   stopping). The validation days are the days nearest the test days, and on KuaiRand training on
+   them moves the whole (weighted per-user loss, XAUC) frontier (README, "Ranker tuning"). The run
+   keeps the refitted models; ``training.json`` holds the refit's history plus the selection
+   pass's under ``selection``.
 
 The run folder, every file written atomically (``model.json`` last, so a folder without it is
 an incomplete run)::
@@ -32,7 +39,7 @@ an incomplete run)::
     features/              the fitted feature pipeline (pipeline.save)
     model.safetensors      network weights
     model.json             network config, objective config (name, params, fitted constants)
-    training.json          per-epoch history, best epoch, validation metrics
+    training.json          per-epoch history, best epoch, validation metrics (refit: + "selection")
     baselines/click/       model.safetensors, model.json, training.json (features shared)
 
 :func:`load_ranker` reads a model folder (the run folder or ``baselines/click``) back, without
@@ -57,7 +64,7 @@ from ytdnn.data.csv_reader import OnBadRows
 from ytdnn.data.schema import InteractionData
 from ytdnn.data.sources import load_dataset
 from ytdnn.data.split import DEFAULT_TEST_START, DEFAULT_TRAIN_END, DateSplit
-from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_user_loss_details
+from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, weighted_per_user_loss_details, xauc
 from ytdnn.features.layout import FeatureLayout, RankingBatch
 from ytdnn.features.ranking import RankingFeatureConfig, RankingFeaturePipeline
 from ytdnn.models.ranking import RankingNet, load_weights, save_weights
@@ -83,6 +90,7 @@ CONFIG_FILE = "config.json"
 FEATURES_DIR = "features"
 CLICK_BASELINE = "click"
 WEIGHTED_PER_USER_LOSS = "weighted_per_user_loss"
+VALIDATION_XAUC = "xauc"
 
 
 class RankerError(ValueError):
@@ -104,6 +112,9 @@ class DataSection(_Section):
     train_end: int = DEFAULT_TRAIN_END
     test_start: int = DEFAULT_TEST_START
     validation_days: int = Field(1, ge=0, description="last training days held out for early stopping")
+    refit: bool = Field(True, description="after early stopping has chosen the epoch count on the validation days, "
+                                          "retrain from scratch on every training day (validation days included) "
+                                          "for that many epochs; the run keeps the refitted model")
     on_bad_rows: OnBadRows = "error"
 
 
@@ -139,12 +150,17 @@ class BaselinesSection(_Section):
 
 
 def _default_train() -> TrainerConfig:
-    # Chosen on KuaiRand by validation-day and ablation runs (see README, "Ranker tuning"): the
-    # user×video memorisation that lowers the weighted per-user loss keeps improving on the
-    # validation day (adjacent to the training days) for 5+ epochs while the test days (1–4 days
-    # later) stop improving after ~3 and XAUC falls from the first epoch on, so epochs are capped
-    # at 3; L2 1e-5 keeps the odds from running away (mean ratio 5–9× without it).
-    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=3, patience=1, weight_decay=1e-5,
+    # Chosen on KuaiRand by a backtest (the split moved 4 days back: train to 2022-04-29, validate
+    # on 04-30, score 05-01..04; no test day read) and the validation days (README, "Ranker
+    # tuning"). More epochs lower the weighted per-user loss but cost XAUC: the user-id embedding
+    # memorises each user's level (the page mean of the logit), which does not carry over to later
+    # days, while its within-page ranking does. Averaging the epoch-end weights (tail averaging
+    # over all epochs) reaches the later epochs' within-page ranking at a smaller XAUC cost, and
+    # the refit on every training day (data.refit) adds the most recent day. Early stopping on the
+    # validation day's weighted per-user loss is a guard; on KuaiRand it keeps improving to the
+    # cap, so the cap (5) is the choice that matters. L2 1e-5 (Adam's coupled decay, which shrinks
+    # rarely seen embedding rows between visits) keeps the odds from running away.
+    return TrainerConfig(batch_size=1024, lr=1e-3, epochs=5, patience=1, weight_decay=1e-5, average_last_epochs=5,
                          early_stopping_metric=WEIGHTED_PER_USER_LOSS)
 
 
@@ -272,7 +288,7 @@ def _validation_metric_fn(frame: pl.DataFrame, ranking_key: str) -> MetricFn:
     def metric_fn(predictions: dict[str, np.ndarray]) -> dict[str, float]:
         score = np.asarray(predictions[ranking_key], dtype=np.float64)
         return {WEIGHTED_PER_USER_LOSS: weighted_per_user_loss(pages, is_click, watch, score),
-                "gauc": gauc(users, is_click, score)}
+                "gauc": gauc(users, is_click, score), VALIDATION_XAUC: xauc(watch, score)}
 
     return metric_fn
 
@@ -283,25 +299,57 @@ def _has_weighted_pairs(frame: pl.DataFrame) -> bool:
     return details["n_pairs"] > 0 and details["weight_sum"] > 0
 
 
+def _unscaled_mean_factor(objective: RankingObjective, network: RankingNet, rows: RankingBatch,
+                          eval_batch_size: int) -> float:
+    """mean T / mean served on ``rows``, the served value computed with the objective's constant cleared."""
+    objective.set_watch_scale(None)
+    with torch.no_grad():
+        served = objective.predict(predict_outputs(network, rows, eval_batch_size))["expected_watch_s"]
+    return mean_match_factor(served, rows.watch_time_s)
+
+
 def fit_calibration(objective: RankingObjective, network: RankingNet, train_batch: RankingBatch,
                     validation_batch: RankingBatch | None, eval_batch_size: int = 16384,
                     min_validation_clicks: int = MIN_VALIDATION_CLICKS) -> dict[str, Any]:
     """Fit the objective's calibration constant c on held-out rows (see :mod:`ytdnn.training.calibration`);
     return what was done, for ``training.json``. The served value is computed unscaled (c cleared)."""
     where, rows = calibration_rows(validation_batch, train_batch, min_validation_clicks)
-    objective.set_watch_scale(None)
-    with torch.no_grad():
-        served = objective.predict(predict_outputs(network, rows, eval_batch_size))["expected_watch_s"]
-    scale = mean_match_factor(served, rows.watch_time_s)
+    scale = _unscaled_mean_factor(objective, network, rows, eval_batch_size)
     objective.set_watch_scale(scale)
     return {"rows": where, "n_rows": len(rows), "n_clicks": int(rows.is_click.sum()),
             "min_validation_clicks": min_validation_clicks, "watch_scale": scale,
             "mean_ratio_before": 1.0 / scale}
 
 
+def _transfer_calibration(objective: RankingObjective, selection_network: RankingNet, selection_rows: RankingBatch,
+                          held_out_scale: float, refit_network: RankingNet, refit_rows: RankingBatch,
+                          eval_batch_size: int) -> dict[str, Any]:
+    r"""The refitted model's calibration constant when the refit has no held-out rows left.
+
+    The selection pass measured how far the level moves out of sample: its held-out constant
+    c_val against its in-sample one c_in (on its own training rows), g = c_val / c_in (a network
+    is optimistic on rows it memorised). The refitted model, trained on every day, can only be
+    matched in sample, so it serves with
+
+    .. math:: c = c_{in}^{refit} \cdot \frac{c_{val}^{sel}}{c_{in}^{sel}},
+
+    i.e. its in-sample match corrected by the out-of-sample gap the selection pass saw. The
+    objective ends with ``watch_scale`` = c."""
+    in_sample_selection = _unscaled_mean_factor(objective, selection_network, selection_rows, eval_batch_size)
+    in_sample_refit = _unscaled_mean_factor(objective, refit_network, refit_rows, eval_batch_size)
+    gap = held_out_scale / in_sample_selection
+    scale = in_sample_refit * gap
+    objective.set_watch_scale(scale)
+    return {"rows": "train (refit) x validation gap (selection)", "n_rows": len(refit_rows),
+            "n_clicks": int(refit_rows.is_click.sum()), "watch_scale": scale,
+            "in_sample_scale_refit": in_sample_refit, "in_sample_scale_selection": in_sample_selection,
+            "held_out_scale_selection": held_out_scale, "out_of_sample_gap": gap, "mean_ratio_before": 1.0 / scale}
+
+
 def _train_one(objective: RankingObjective, config: RankerConfig, layout: FeatureLayout, train_batch: RankingBatch,
                validation_batch: RankingBatch | None, validation_frame: pl.DataFrame | None,
-               trainer_config: TrainerConfig) -> tuple[RankingNet, TrainingHistory, dict[str, Any]]:
+               trainer_config: TrainerConfig, checkpoint_name: str | None = None
+               ) -> tuple[RankingNet, TrainingHistory, dict[str, Any]]:
     """Fit the objective's constants, start at its bias-only optimum, train (the best epoch is kept), then
     fit its calibration constant when it ``calibrates``; returns (network, history, facts for training.json)."""
     objective.fit(train_batch.is_click, train_batch.watch_time_s)
@@ -312,7 +360,8 @@ def _train_one(objective: RankingObjective, config: RankerConfig, layout: Featur
     metric_fn = None
     if validation_frame is not None:
         metric_fn = _validation_metric_fn(validation_frame, objective.ranking_key)
-    history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn).fit()
+    history = Trainer(network, objective, train_batch, validation_batch, trainer_config, metric_fn,
+                      checkpoint_name=checkpoint_name).fit()
     facts: dict[str, Any] = {"init_bias": init_bias, "ranking_key": objective.ranking_key}
     if objective.calibrates:
         facts["calibration"] = fit_calibration(objective, network, train_batch, validation_batch,
@@ -320,6 +369,13 @@ def _train_one(objective: RankingObjective, config: RankerConfig, layout: Featur
         log.info("ranker: %s calibration constant %.4f fitted on the %s rows", objective.name,
                  facts["calibration"]["watch_scale"], facts["calibration"]["rows"])
     return network, history, facts
+
+
+def _refit_trainer_config(trainer_config: TrainerConfig, selection: TrainingHistory) -> TrainerConfig:
+    """The refit's settings: the selection's best epoch count, no validation, no early stopping."""
+    epochs = selection.best_epoch or len(selection.epochs)
+    return trainer_config.model_copy(update={"epochs": epochs, "patience": 0,
+                                             "early_stopping_metric": VALIDATION_LOSS, "mode": "min"})
 
 
 def _write_model(model_dir: Path, network: RankingNet, objective: RankingObjective, history: TrainingHistory,
@@ -342,7 +398,7 @@ def _trainer_config(config: RankerConfig, has_validation: bool, has_pairs: bool)
     if not has_validation and metric != VALIDATION_LOSS:
         return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS}), \
             "no validation days: trained for the configured epochs without early stopping"
-    if has_validation and metric in (WEIGHTED_PER_USER_LOSS, "gauc") and not has_pairs:
+    if has_validation and metric in (WEIGHTED_PER_USER_LOSS, "gauc", VALIDATION_XAUC) and not has_pairs:
         return train.model_copy(update={"early_stopping_metric": VALIDATION_LOSS, "mode": "min"}), \
             (f"early stopping on {VALIDATION_LOSS} instead of {metric}: the validation days have no "
              "(clicked, unclicked) pair with watch time on a page")
@@ -390,26 +446,58 @@ def train_ranker(config: RankerConfig, out_dir: str | Path, *, data: Interaction
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / CONFIG_FILE)
-    pipeline.save(out_dir / FEATURES_DIR)
     extra = {"validation_dates": validation_dates, "n_train": len(train_batch),
              "n_validation": 0 if validation_batch is None else len(validation_batch),
              "trainer": trainer_config.model_dump(mode="json"), "note": note}
 
     objective = make_objective(config.objective.name, **config.objective.params)
-    network, history, facts = _train_one(objective, config, layout, train_batch, validation_batch,
-                                         validation_frame, trainer_config)
-    ranker = _write_model(out_dir, network, objective, history, pipeline, FEATURES_DIR, extra | facts)
-
-    baselines: dict[str, LoadedRanker] = {}
-    baseline_histories: dict[str, TrainingHistory] = {}
+    names = [objective.name]
     if config.baselines.click and objective.name not in ("click", "click-only"):
-        click = make_objective(CLICK_BASELINE)
-        click_network, click_history, click_facts = _train_one(click, config, layout, train_batch,
-                                                               validation_batch, validation_frame, trainer_config)
-        baselines[CLICK_BASELINE] = _write_model(out_dir / "baselines" / CLICK_BASELINE, click_network, click,
-                                                 click_history, pipeline, f"../../{FEATURES_DIR}",
-                                                 extra | click_facts)
-        baseline_histories[CLICK_BASELINE] = click_history
+        names.append(CLICK_BASELINE)
+    # Pass 1 (selection): train on the training days minus the validation days, early-stop on
+    # the validation days.
+    selected: dict[str, tuple[RankingObjective, RankingNet, TrainingHistory, dict[str, Any]]] = {}
+    for name in names:
+        current = objective if name == objective.name else make_objective(CLICK_BASELINE)
+        selected[name] = (current, *_train_one(current, config, layout, train_batch, validation_batch,
+                                                validation_frame, trainer_config))
+    refit = config.data.refit and validation_frame is not None
+    final_pipeline, final_batch = pipeline, train_batch
+    if refit:
+        # Pass 2 (refit): the validation days are the days nearest the test days and carry the
+        # most current user and video behaviour, so they are trained on too: features refitted
+        # on every training day, each model retrained from the same init for the chosen epochs.
+        final_pipeline = RankingFeaturePipeline(config.features).fit(with_history, data.users, data.videos)
+        final_batch = final_pipeline.transform(with_history, data.users, data.videos)
+    final_pipeline.save(out_dir / FEATURES_DIR)
+    extra["n_train"] = len(final_batch)
+    extra["refit"] = refit
+
+    models: dict[str, LoadedRanker] = {}
+    histories: dict[str, TrainingHistory] = {}
+    for name, (current, network, history, facts) in selected.items():
+        training_extra = extra | facts
+        if refit:
+            refit_config = _refit_trainer_config(trainer_config, history)
+            training_extra = extra | {"selection": history.to_dict(), "refit_trainer": refit_config.model_dump(mode="json")}
+            selected_network = network
+            network, history, refit_facts = _train_one(current, config, final_pipeline.layout, final_batch, None,
+                                                       None, refit_config, checkpoint_name=f"{current.name}-refit")
+            training_extra |= refit_facts | {"selection_facts": facts}
+            if current.calibrates and facts["calibration"]["rows"] == "validation":
+                training_extra["calibration"] = _transfer_calibration(
+                    current, selected_network, train_batch, facts["calibration"]["watch_scale"], network,
+                    final_batch, trainer_config.eval_batch_size)
+        is_main = name == objective.name
+        model_dir = out_dir if is_main else out_dir / "baselines" / CLICK_BASELINE
+        models[name] = _write_model(model_dir, network, current, history, final_pipeline,
+                                    FEATURES_DIR if is_main else f"../../{FEATURES_DIR}", training_extra)
+        histories[name] = history if not refit else TrainingHistory.from_dict(training_extra["selection"])
+    ranker = models[objective.name]
+    history = histories[objective.name]
+    baselines = {CLICK_BASELINE: models[CLICK_BASELINE]} if CLICK_BASELINE in models else {}
+    baseline_histories = {CLICK_BASELINE: histories[CLICK_BASELINE]} if CLICK_BASELINE in models else {}
+    train_batch = final_batch
 
     best = history.best
     return RunResult(out_dir, ranker, history, dict(best.validation) if best else {}, baselines, baseline_histories,

@@ -11,6 +11,13 @@ objective's normalisation) and whatever ``metric_fn(predictions)`` returns. Trai
 ``config.early_stopping_metric`` has not improved for ``config.patience`` epochs, and the best
 epoch's weights are restored.
 
+Optimiser options: per-parameter-group weight decay and learning-rate multipliers by parameter
+name prefix (``weight_decay_by_prefix``, ``lr_scale_by_prefix``), decoupled (AdamW) decay, a
+learning-rate schedule over the planned steps (``lr_schedule``: lr_s = lr·m(s/S), linear
+m = 1 - s/S or cosine m = (1 + cos(pi s/S))/2), and tail averaging (``average_last_epochs`` = N):
+at each epoch end E the weights validated, kept as the best and finally restored are
+(1/N') sum_{e=E-N'+1..E} w_e with N' = min(N, E), while training goes on from the raw w_E.
+
 Reproducible: the same seed, data, model init and thread count give identical weights.
 
 Threads: one by default. The ranking tower's ops are small (a 1024-row batch, a few hundred
@@ -58,7 +65,8 @@ from ytdnn.training import distributed
 from ytdnn.training.checkpoint import CheckpointStore, TrainingCheckpoint
 
 __all__ = ["VALIDATION_LOSS", "EpochRecord", "MetricFn", "Objective", "Trainer", "TrainerConfig", "TrainingError",
-           "TrainingHistory", "available_cores", "predict_outputs", "torch_threads"]
+           "TrainingHistory", "available_cores", "average_states", "lr_multiplier", "predict_outputs",
+           "torch_threads"]
 
 VALIDATION_LOSS = "val_loss"
 
@@ -94,6 +102,19 @@ class TrainerConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(10, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    weight_decay_by_prefix: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name prefix -> weight decay for those parameters (the longest "
+                                          "matching prefix wins; e.g. {'embeddings.': 1e-4}); others use weight_decay")
+    lr_scale_by_prefix: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name prefix -> learning-rate multiplier (longest prefix wins)")
+    decoupled_weight_decay: bool = Field(False, description="AdamW: shrink weights by lr·decay each step instead of "
+                                                            "adding decay·w to the gradient (Adam's L2)")
+    average_last_epochs: int = Field(
+        1, ge=1, description="validate and keep, at each epoch end, the mean of the last N epoch-end weights "
+                             "(tail averaging); training continues from the raw weights; 1 = no averaging")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate multiplier over the planned steps (epochs × batches): constant 1, "
+                                "linear 1 - s/S, or cosine (1 + cos(pi s/S)) / 2")
     patience: int = Field(2, ge=0, description="epochs without improvement before stopping; 0 = never stop early")
     early_stopping_metric: str = Field(VALIDATION_LOSS, description="'val_loss' or a key of the metric callback")
     mode: Literal["min", "max"] = "min"
@@ -231,15 +252,70 @@ def _slice(batch: RankingBatch, start: int, stop: int) -> RankingBatch:
                         batch.dense[start:stop], batch.is_click[start:stop], batch.watch_time_s[start:stop])
 
 
+def _longest_prefix(name: str, table: dict[str, float], default: float) -> float:
+    matches = [prefix for prefix in table if name.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else default
+
+
 def _adam(model: nn.Module, config: TrainerConfig) -> torch.optim.Adam:
-    """Adam; the fused kernel when every parameter allows it (same update, ~25% less time per
-    step on CPU, where the step over the embedding tables is a large share of a batch)."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
+    """Adam (AdamW with ``decoupled_weight_decay``); the fused kernel when every parameter allows it
+    (same update, ~25% less time per step on CPU, where the step over the embedding tables is a
+    large share of a batch).
+
+    Parameters are grouped by (weight decay, lr multiplier) from ``weight_decay_by_prefix`` and
+    ``lr_scale_by_prefix`` (matched on ``model.named_parameters()`` names, longest prefix first);
+    each group remembers its unscheduled learning rate as ``base_lr``.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise TrainingError("the model has no trainable parameter")
+    for what, table in (("weight_decay_by_prefix", config.weight_decay_by_prefix),
+                        ("lr_scale_by_prefix", config.lr_scale_by_prefix)):
+        unused = [prefix for prefix in table if not any(name.startswith(prefix) for name, _ in named)]
+        if unused:
+            raise TrainingError(f"{what}: prefix(es) {unused} match no parameter; names start with "
+                                f"{sorted({name.split('.')[0] for name, _ in named})}")
+    groups: dict[tuple[float, float], list[Tensor]] = {}
+    for name, p in named:
+        key = (_longest_prefix(name, config.weight_decay_by_prefix, config.weight_decay),
+               _longest_prefix(name, config.lr_scale_by_prefix, 1.0))
+        groups.setdefault(key, []).append(p)
+    parameters = [p for _, p in named]
     fusable = all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and not p.is_sparse
                   for p in parameters) and len({p.device.type for p in parameters}) == 1
-    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None)
+    param_groups = [{"params": params, "weight_decay": decay, "lr": config.lr * scale, "base_lr": config.lr * scale}
+                    for (decay, scale), params in groups.items()]
+    return torch.optim.Adam(param_groups, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None,
+                            decoupled_weight_decay=config.decoupled_weight_decay)
+
+
+def lr_multiplier(schedule: str, step: int, total_steps: int) -> float:
+    """The learning-rate multiplier before optimiser step ``step`` (0-based) of ``total_steps``.
+
+    constant: 1; linear: 1 - s/S; cosine: (1 + cos(pi s/S)) / 2 — both decay from 1 at s = 0
+    towards 0 at s = S (the last step s = S - 1 still moves, by 1/S of the rate for linear).
+    """
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    fraction = min(max(step / total_steps, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - fraction
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+    raise TrainingError(f"lr_schedule must be constant, linear or cosine, got {schedule!r}")
+
+
+def average_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Element-wise mean of state dicts (floating tensors; other tensors are taken from the last one).
+
+    With epoch-end weights w_e this is the tail average (1/N) sum_{e > E-N} w_e (SWA over epoch
+    ends, with a constant learning rate between them).
+    """
+    if not states:
+        raise TrainingError("average_states: no state to average")
+    last = states[-1]
+    return {name: (torch.stack([state[name] for state in states]).mean(dim=0).to(tensor.dtype)
+                   if tensor.is_floating_point() else tensor.clone()) for name, tensor in last.items()}
 
 
 @torch.no_grad()
@@ -344,16 +420,18 @@ class Trainer:
 
     def _save_checkpoint(self, store: CheckpointStore, position: _Position, optimizer: torch.optim.Optimizer,
                          generator: torch.Generator, epoch_generator_state: Tensor | None,
-                         best_state: dict[str, Tensor] | None, history: TrainingHistory) -> None:
+                         best_state: dict[str, Tensor] | None, history: TrainingHistory,
+                         recent: list[dict[str, Tensor]]) -> None:
         rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
         if epoch_generator_state is not None:
             rng["epoch_generator"] = epoch_generator_state
         state = {"position": position.to_dict(), "history": history.to_dict(), "fingerprint": self._fingerprint()}
         store.save(TrainingCheckpoint(position.step, self.model.state_dict(), optimizer.state_dict(), rng, state,
-                                      best_state))
+                                      best_state, recent_epochs=list(recent)))
 
     def _restore(self, checkpoint: TrainingCheckpoint, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                 history: TrainingHistory) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None]:
+                 history: TrainingHistory
+                 ) -> tuple[_Position, Tensor | None, dict[str, Tensor] | None, list[dict[str, Tensor]]]:
         expected, found = self._fingerprint(), checkpoint.state.get("fingerprint", {})
         if found != expected:
             differing = sorted(k for k in expected if found.get(k) != expected[k])
@@ -374,7 +452,7 @@ class Trainer:
         history.budget_exhausted = restored.budget_exhausted
         history.resumed_from_step = checkpoint.step
         return (_Position.from_dict(checkpoint.state["position"]), checkpoint.rng.get("epoch_generator"),
-                checkpoint.best_model)
+                checkpoint.best_model, list(checkpoint.recent_epochs))
 
     # -- the loop ---------------------------------------------------------------------------------
     def _fit(self, history: TrainingHistory) -> None:
@@ -386,8 +464,15 @@ class Trainer:
         n_rows = len(self.train_data)
         n_batches = math.ceil(n_rows / config.batch_size)
         budget = config.max_examples
+        # The schedule's horizon: the planned steps (a budget of rows ends it earlier; an expanding
+        # batch_transform makes that count approximate, which only stretches the schedule's tail).
+        total_steps = config.epochs * n_batches
+        if budget is not None:
+            total_steps = min(total_steps, math.ceil(budget / config.batch_size))
         position = _Position()
         best_state: dict[str, Tensor] | None = None
+        # Raw epoch-end weights of the last average_last_epochs - 1 epochs (for tail averaging).
+        recent: list[dict[str, Tensor]] = []
         # The shuffling generator's state before this epoch's permutation: a mid-epoch checkpoint
         # stores it so a resumed run draws the same permutation again.
         epoch_generator_state: Tensor | None = None
@@ -407,7 +492,8 @@ class Trainer:
                 if checkpoint is None:
                     store.clear()
             if checkpoint is not None:
-                position, epoch_generator_state, best_state = self._restore(checkpoint, optimizer, generator, history)
+                position, epoch_generator_state, best_state, recent = self._restore(checkpoint, optimizer, generator,
+                                                                                    history)
                 log.info("resuming %s from %s (epoch %d, row %d, %d examples seen)", self.checkpoint_name,
                          checkpoint.path, position.epoch, position.next_start, position.seen)
                 if position.finished:  # the run had completed: the checkpoint holds its final weights
@@ -416,7 +502,8 @@ class Trainer:
 
         def save(at: _Position) -> None:
             if store is not None and ctx.is_main:
-                self._save_checkpoint(store, at, optimizer, generator, epoch_generator_state, best_state, history)
+                self._save_checkpoint(store, at, optimizer, generator, epoch_generator_state, best_state, history,
+                                      recent)
 
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
@@ -471,6 +558,10 @@ class Trainer:
                         raise TrainingError(f"epoch {epoch}, rows {start}..{start + config.batch_size}: the loss is "
                                             f"{loss.item()}; lower the learning rate (lr={config.lr})")
                     optimizer.zero_grad(set_to_none=True)
+                    if config.lr_schedule != "constant":
+                        multiplier = lr_multiplier(config.lr_schedule, position.step, total_steps)
+                        for group in optimizer.param_groups:
+                            group["lr"] = group["base_lr"] * multiplier
                     if ctx.enabled:
                         # DDP averages gradients over ranks: weight each rank's mean loss by its share.
                         (loss * (len(batch) * ctx.world_size / global_rows)).backward()
@@ -488,6 +579,11 @@ class Trainer:
                 epoch_loss_sum = _global_sum(loss_sum)
                 train_loss = epoch_loss_sum / position.rows_in_epoch if position.rows_in_epoch else math.nan
                 progress.update(task, description=f"epoch {epoch}: validating")
+                raw_state: dict[str, Tensor] | None = None
+                if config.average_last_epochs > 1:
+                    # Validate (and keep) the mean of the last N epoch-end weights; train on from the raw ones.
+                    raw_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.model.load_state_dict(average_states([*recent, raw_state]))
                 validation = self.evaluate()
                 record = EpochRecord(epoch, train_loss, position.seen, time.perf_counter() - started, validation)
                 history.epochs.append(record)
@@ -500,6 +596,12 @@ class Trainer:
                         position.epochs_without_improvement = 0
                     else:
                         position.epochs_without_improvement += 1
+                if raw_state is not None:
+                    averaged_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.model.load_state_dict(raw_state)
+                    recent = [*recent, raw_state][-(config.average_last_epochs - 1):]
+                    if not validation:  # no early stopping: the run ends with the last averaged weights
+                        best_state = averaged_state
                 position = replace(position, epoch=epoch + 1, next_start=0, loss_sum=0.0, rows_in_epoch=0,
                                    epoch_seconds=0.0)
                 epoch_generator_state = None
