@@ -235,6 +235,31 @@ LEARNABLE_SIMULATOR_SETTINGS: dict[str, Any] = {
 LEARNABLE_RANKER: dict[str, Any] = {"model.hidden": [32], "features.groups": ["ids", "context", "video_stats"]}
 """The learnable worlds' network: small, and only the features p(x) depends on (plus ids)."""
 
+STUDY_TRAINING: dict[str, Any] = {"train.epochs": 3, "train.average_last_epochs": 1, "data.refit": False}
+"""The study's training, pinned rather than taken from the ranker's defaults: a budget of 3 epochs,
+the weights of the best epoch as they are (no epoch-end averaging) and no refit on the validation
+days. The study compares the objectives' *optima* at an equal budget; averaging and refitting are
+the ranker's tuning for KuaiRand's ranking metrics (README, "Ranker tuning") and would blur that."""
+
+_NO_OP_SETTINGS: dict[str, dict[str, Any]] = {
+    "train": {"weight_decay_by_prefix": {}, "lr_scale_by_prefix": {}, "decoupled_weight_decay": False,
+              "average_last_epochs": 1, "lr_schedule": "constant"},
+    "data": {"refit": False},
+}
+"""Ranker settings added after runs were stored, at the values that change nothing: left out of the
+fingerprints, so stored runs stay valid while those settings stay off."""
+
+
+def _fingerprint_view(ranker_config: RankerConfig) -> dict[str, Any]:
+    """The ranker config as fingerprints see it: :data:`_NO_OP_SETTINGS` at their no-op values dropped."""
+    tree = ranker_config.model_dump(mode="json")
+    for section, settings in _NO_OP_SETTINGS.items():
+        for key, value in settings.items():
+            if tree.get(section, {}).get(key, value) == value:
+                tree.get(section, {}).pop(key, None)
+    return tree
+
+
 _QUICK_DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1],
     "epochs": 3,
@@ -412,12 +437,13 @@ class WlrMethodsConfig(JobConfig):
         return self
 
     def ranker_config(self) -> RankerConfig:
-        """``RankerConfig()`` — the ranker's current defaults — with ``ranker`` overrides applied.
+        """``RankerConfig()`` — the ranker's current defaults with :data:`STUDY_TRAINING` — and the
+        ``ranker`` overrides applied.
 
         The objective section is pinned to the reference method (``wlr``): the study trains every
         method itself and never reads it, so the worlds' fingerprints must not depend on the
         ranker's default objective."""
-        base = RankerConfig(objective={"name": REFERENCE_METHOD})  # type: ignore[arg-type]
+        base = RankerConfig(objective={"name": REFERENCE_METHOD}).merged(STUDY_TRAINING)  # type: ignore[arg-type]
         return base.merged(self.ranker) if self.ranker else base
 
     def families(self) -> list[tuple[str, SimulatorStudy]]:
@@ -1243,7 +1269,7 @@ def _run_world(config: WlrMethodsConfig, store: _RunStore, ranker_config: Ranker
                world_seed: int | None = None) -> None:
     """Prepare one world (unless every run of it is stored) and train every missing (seed, method) on it."""
     world_fingerprint = _digest({"dataset": dataset, "data": data_settings, "click_rate": click_rate,
-                                 "world_seed": world_seed, "ranker": ranker_config.model_dump(mode="json"),
+                                 "world_seed": world_seed, "ranker": _fingerprint_view(ranker_config),
                                  "ndcg_k": config.ndcg_k})
     budget = {"epochs": config.budget_epochs(), "recalibration_min_validation_clicks":
               config.recalibration_min_validation_clicks}
