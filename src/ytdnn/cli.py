@@ -256,13 +256,33 @@ def simulate_cmd(
     config: ConfigOpt = None,
     click_rate: Annotated[Optional[float], typer.Option(help="Target average click rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Scale set shape (10 impressions per user, 50 per video): "
+                                                       "scale-1m | scale-10m | scale-20m | scale-50m; written as "
+                                                       "Parquet shards in bounded memory.")] = None,
+    impressions: Annotated[Optional[int], typer.Option(help="With --preset: this many impressions instead.")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per impressions/part-*.parquet shard (--preset).")
+                          ] = 1_000_000,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic impression log with known ground truth (E[T|x], p(x))."""
     from ytdnn.data.schema import write_dataset
-    from ytdnn.data.simulator import SimulatorConfig, simulate
+    from ytdnn.data.simulator import SCALE_PRESETS, SimulatorConfig, scale_config, simulate, simulate_to_parquet
 
-    cfg = SimulatorConfig.load(config, _overrides({"target_click_rate": click_rate, "seed": seed}, set_))
+    overrides = _overrides({"target_click_rate": click_rate, "seed": seed}, set_)
+    if preset is not None or impressions is not None:
+        if preset is not None and preset not in SCALE_PRESETS:
+            raise typer.BadParameter(f"unknown preset {preset!r}; expected one of {sorted(SCALE_PRESETS)}",
+                                     param_hint="--preset")
+        n_impressions = impressions or SCALE_PRESETS[preset or "scale-50m"]
+        shape = scale_config(n_impressions)  # sets the sizes; --set / --seed / --click-rate still apply
+        sizes = [f"{key}={getattr(shape, key)}" for key in ("n_users", "n_videos", "n_days",
+                                                             "impressions_per_user_day")]
+        cfg = SimulatorConfig.load(config, sizes + overrides)
+        simulate_to_parquet(cfg, out, shard_rows=shard_rows)
+        console.print(f"[green]wrote[/] {out}: ~{n_impressions:,} impressions, {cfg.n_users:,} users, "
+                      f"{cfg.n_videos:,} videos in Parquet shards of {shard_rows:,} rows")
+        return
+    cfg = SimulatorConfig.load(config, overrides)
     data = simulate(cfg)
     write_dataset(data, out)
     console.print(f"[green]wrote[/] {out}: {data.summary()}")
