@@ -113,6 +113,31 @@ def data_convert(
                   f"{result.bad_rows.get('skipped_rows', 0)} bad row(s) skipped")
 
 
+@data_app.command("features")
+@user_errors
+def data_features(
+    source: Annotated[Path, typer.Argument(help="A dataset folder with impressions/*.parquet (or *.csv) shards.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the fitted pipeline and the feature shards.")],
+    config: ConfigOpt = None,
+    partitions: Annotated[Optional[int], typer.Option(help="User/video hash partitions (default: rows / 2M); "
+                                                           "peak memory is about one partition.")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per feature shard.")] = 262_144,
+    set_: SetOpt = None,
+) -> None:
+    """Ranking features out of core: history, vocabularies, quantiles and feature shards, one partition at a time."""
+    from ytdnn.data.split import DateSplit
+    from ytdnn.features.streaming import build_features_out_of_core
+    from ytdnn.training.ranker import RankerConfig
+
+    cfg = RankerConfig.load(config, _overrides({}, set_))
+    split = DateSplit(train_end=cfg.data.train_end, test_start=cfg.data.test_start)
+    result = build_features_out_of_core(source, out, config=cfg.features, split=split, n_partitions=partitions,
+                                        shard_rows=shard_rows, log=lambda m: console.print(f"  {m}"))
+    console.print(f"[green]wrote[/] {out}: {result.rows('train'):,} train and {result.rows('test'):,} test rows in "
+                  f"{len(result.shards)} shards ({result.n_partitions} partitions, "
+                  f"{result.seconds['total']:.1f}s)")
+
+
 # ---------------------------------------------------------------------------------------- train
 
 @train_app.command("ranker")
