@@ -185,6 +185,45 @@ def train_ranker_cmd(
         console.print(f"[green]ranker trained:[/] {out}" + (f" ({ctx.world_size} processes)" if ctx.enabled else ""))
 
 
+@train_app.command("sharded")
+@user_errors
+def train_sharded_cmd(
+    features: Annotated[Path, typer.Argument(help="Feature shards folder written by `ytdnn data features`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    config: ConfigOpt = None,
+    epochs: Annotated[int, typer.Option(help="Epochs over the training shards.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    sparse_min_rows: Annotated[int, typer.Option(help="Tables with at least this many rows get sparse gradients "
+                                                      "and SparseAdam; 0 = every table dense.")] = 10_000,
+    buffer_shards: Annotated[int, typer.Option(help="Feature shards per shuffle buffer.")] = 2,
+    set_: SetOpt = None,
+) -> None:
+    """Train the ranker from feature shards, batch by batch (bounded memory; DDP ranks read their own shards).
+
+    Model, objective and optimiser settings come from the ranker config (model.hidden, objective.name,
+    train.lr, train.batch_size = per rank, train.num_threads).
+    """
+    from ytdnn.training import distributed
+    from ytdnn.training.ranker import RankerConfig
+    from ytdnn.training.sharded import train_sharded
+
+    cfg = RankerConfig.load(config, _overrides({"seed": seed}, set_))
+    ctx = distributed.init_from_env()
+    try:
+        result = train_sharded(features, out, objective_name=cfg.objective.name, objective_params=cfg.objective.params,
+                               hidden=tuple(cfg.model.hidden), dropout=cfg.model.dropout, lr=cfg.train.lr,
+                               weight_decay=cfg.train.weight_decay, batch_size=cfg.train.batch_size, epochs=epochs,
+                               seed=cfg.seed, buffer_shards=buffer_shards, sparse_min_rows=sparse_min_rows or None,
+                               num_threads=cfg.train.num_threads, log_every=500)
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        last = result.history.epochs[-1]
+        console.print(f"[green]ranker trained from shards:[/] {out}: {result.n_train:,} rows/epoch, train loss "
+                      f"{last.train_loss:.5f}, test loss {result.test.get('test_loss', float('nan')):.5f} "
+                      f"({result.seconds['train']:.1f}s training)")
+
+
 @train_app.command("retrieval")
 @user_errors
 def train_retrieval_cmd(

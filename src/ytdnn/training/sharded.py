@@ -21,7 +21,8 @@ same as dense Adam on a small problem (``tests/training/test_sharded.py``).
 
 **Distributed.** Under ``torchrun`` every rank reads its own shards; ranks may hold different
 numbers of rows, so the loop runs inside DDP's ``join()`` (ranks that run out early shadow the
-others' all-reduces). Global metrics (training loss, test loss, test sums) are sums reduced
+others' all-reduces); DDP's join cannot shadow sparse gradients, so under DDP every table is
+dense (a limit: at millions of ids one process with sparse tables may beat two dense ranks). Global metrics (training loss, test loss, test sums) are sums reduced
 across ranks; rank 0 writes the run folder. Not here yet: mid-epoch checkpoints (the in-memory
 trainer has them), validation-day early stopping.
 
@@ -185,16 +186,30 @@ def sparse_table_names(layout: FeatureLayout, min_rows: int | None) -> frozenset
 
 
 class _Optimizers:
-    """Adam over the dense parameters and SparseAdam over the sparse tables, stepped together."""
+    """Adam over the dense parameters and SparseAdam over the sparse tables, stepped together.
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+    L2 on a sparse table is *lazy*, like its moments: the gradient of the rows a batch touched
+    gets ``weight_decay · row`` added (SparseAdam has no weight decay of its own), so a row
+    decays when it is used, not every step. Dense parameters get Adam's own (coupled) L2.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], sparse: list[Tensor], weight_decay: float) -> None:
         self.optimizers = optimizers
+        self.sparse = sparse
+        self.weight_decay = weight_decay
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
+        if self.weight_decay:
+            for weight in self.sparse:
+                if weight.grad is None:
+                    continue
+                grad = weight.grad.coalesce()
+                grad.values().add_(weight.detach()[grad.indices()[0]], alpha=self.weight_decay)
+                weight.grad = grad
         for optimizer in self.optimizers:
             optimizer.step()
 
@@ -209,8 +224,6 @@ def make_optimizer(network: RankingNet, *, lr: float, weight_decay: float = 0.0,
     unknown = sorted(set(sparse_tables) - set(bank.tables))
     if unknown:
         raise TrainingError(f"sparse tables {unknown} are not tables of the network; it has {sorted(bank.tables)}")
-    if sparse_tables and weight_decay:
-        raise TrainingError("SparseAdam has no weight decay: set train.weight_decay=0 or turn sparse tables off")
     bank.sparse_tables = frozenset(sparse_tables)
     sparse_ids = {id(bank.tables[name].weight) for name in sparse_tables}
     dense = [p for p in network.parameters() if p.requires_grad and id(p) not in sparse_ids]
@@ -218,7 +231,7 @@ def make_optimizer(network: RankingNet, *, lr: float, weight_decay: float = 0.0,
     optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=True)]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
-    return _Optimizers(optimizers)
+    return _Optimizers(optimizers, sparse, weight_decay)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------------
@@ -297,6 +310,12 @@ def train_sharded(features_dir: str | Path, out_dir: str | Path, *, objective_na
         network = RankingNet(layout, hidden=hidden, n_heads=objective.n_heads, dropout=dropout)
         network.set_output_bias(init_bias)
         sparse = sparse_table_names(layout, sparse_min_rows)
+        if sparse and context.enabled:
+            # DDP's join() (uneven shards per rank) cannot shadow sparse all-reduces
+            # ("Cannot access storage of SparseTensorImpl"): every table trains dense under DDP.
+            log.warning("sharded training under DDP: tables %s train dense (no sparse gradients with join())",
+                        sorted(sparse))
+            sparse = frozenset()
         optimizer = make_optimizer(network, lr=lr, weight_decay=weight_decay, sparse_tables=sparse)
         model: nn.Module = DistributedDataParallel(network) if context.enabled else network
         dataset = ShardedFeatureDataset(features_dir, "train", batch_size=batch_size, seed=seed,
