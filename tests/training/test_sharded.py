@@ -37,10 +37,6 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _keys(batches) -> list[int]:
-    return [int(k) for b in batches for k in b]
-
-
 def _rows_of(dataset: ShardedFeatureDataset, epoch: int) -> list[tuple[float, ...]]:
     """Each yielded row as its dense features + labels (rows are unique in this data)."""
     dataset.set_epoch(epoch)
@@ -75,8 +71,9 @@ def test_each_rank_yields_its_rows_exactly_once_per_epoch(features: Path) -> Non
     assert sorted(_rows_of(ranks[0], 0)) == sorted(_rows_of(ranks[0], 1))
     # DataLoader workers split a rank's shards again: still every row once
     loader = DataLoader(ranks[1], batch_size=None, num_workers=2)
-    assert sorted(tuple(row.tolist()) for b in loader for row in
-                  torch.cat([b.dense, b.is_click[:, None], b.watch_time_s[:, None]], dim=1)) == sorted(_rows_of(ranks[1], 0))
+    from_workers = [tuple(row.tolist()) for b in loader
+                    for row in torch.cat([b.dense, b.is_click[:, None], b.watch_time_s[:, None]], dim=1)]
+    assert sorted(from_workers) == sorted(_rows_of(ranks[1], 0))
 
 
 def test_drop_last_and_bad_arguments(features: Path) -> None:
@@ -128,7 +125,8 @@ def test_sparse_training_learns_like_dense(features: Path, tmp_path: Path) -> No
 def test_two_ranks_read_their_own_shards_and_reduce_metrics(features: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "ytdnn", "train", "sharded",
-               str(features), "--out", str(tmp_path / "ddp"), "--set", "train.batch_size=512", "--sparse-min-rows", "100"]
+               str(features), "--out", str(tmp_path / "ddp"), "--set", "train.batch_size=512",
+               "--sparse-min-rows", "100"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     training = json.loads((tmp_path / "ddp" / "training.json").read_text())

@@ -22,8 +22,9 @@ same as dense Adam on a small problem (``tests/training/test_sharded.py``).
 **Distributed.** Under ``torchrun`` every rank reads its own shards; ranks may hold different
 numbers of rows, so the loop runs inside DDP's ``join()`` (ranks that run out early shadow the
 others' all-reduces); DDP's join cannot shadow sparse gradients, so under DDP every table is
-dense (a limit: at millions of ids one process with sparse tables may beat two dense ranks). Global metrics (training loss, test loss, test sums) are sums reduced
-across ranks; rank 0 writes the run folder. Not here yet: mid-epoch checkpoints (the in-memory
+dense (a limit: at millions of ids one process with sparse tables may beat two dense ranks).
+Global metrics (training loss, test loss, test sums) are sums reduced across ranks; rank 0
+writes the run folder. Not here yet: mid-epoch checkpoints (the in-memory
 trainer has them), validation-day early stopping.
 
 The objective's constants (``fit``, ``init_bias``) need only the label columns of the training
