@@ -50,7 +50,7 @@ import polars as pl
 import torch
 
 from ytdnn.data.schema import InteractionData
-from ytdnn.data.simulator import SimulatorConfig, simulate
+from ytdnn.data.simulator import SimulatorConfig, scale_config, simulate
 from ytdnn.data.sources import load_dataset
 from ytdnn.data.split import DateSplit
 from ytdnn.features.layout import RankingBatch
@@ -66,10 +66,6 @@ from ytdnn.utils.io import atomic_write_json
 
 DATASETS = ("kuairand", "synthetic")
 SIMULATED_DAYS = 14  # the simulator's default window: same dates, so the default DateSplit applies
-# The synthetic scale set of issue 6 (50M impressions, 5M users, 1M videos) scaled down: 10
-# impressions per user over the window and 50 per video, so the embedding tables grow with N.
-IMPRESSIONS_PER_USER = 10
-IMPRESSIONS_PER_VIDEO = 50
 
 
 # ---- memory and timing helpers ---------------------------------------------------------------------------------
@@ -156,11 +152,8 @@ def retrieval_layers(model: CandidateGenerator, num_negatives: int | None) -> li
 # ---- data ---------------------------------------------------------------------------------------------------------
 
 def synthetic_config(n_impressions: int, seed: int) -> SimulatorConfig:
-    """A simulated log of about ``n_impressions`` rows shaped like the issue-6 scale set (see the constants)."""
-    n_users = max(1, n_impressions // IMPRESSIONS_PER_USER)
-    n_videos = max(64, n_impressions // IMPRESSIONS_PER_VIDEO)  # >= n_topics (32) and n_tags (64)
-    return SimulatorConfig(n_users=n_users, n_videos=n_videos, n_days=SIMULATED_DAYS,
-                           impressions_per_user_day=IMPRESSIONS_PER_USER / SIMULATED_DAYS, seed=seed)
+    """A simulated log of about ``n_impressions`` rows shaped like the issue-6 scale set."""
+    return scale_config(n_impressions, seed, n_days=SIMULATED_DAYS)
 
 
 def load(dataset: str, args: argparse.Namespace) -> tuple[InteractionData, float]:

@@ -113,6 +113,31 @@ def data_convert(
                   f"{result.bad_rows.get('skipped_rows', 0)} bad row(s) skipped")
 
 
+@data_app.command("features")
+@user_errors
+def data_features(
+    source: Annotated[Path, typer.Argument(help="A dataset folder with impressions/*.parquet (or *.csv) shards.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the fitted pipeline and the feature shards.")],
+    config: ConfigOpt = None,
+    partitions: Annotated[Optional[int], typer.Option(help="User/video hash partitions (default: rows / 2M); "
+                                                           "peak memory is about one partition.")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per feature shard.")] = 262_144,
+    set_: SetOpt = None,
+) -> None:
+    """Ranking features out of core: history, vocabularies, quantiles and feature shards, one partition at a time."""
+    from ytdnn.data.split import DateSplit
+    from ytdnn.features.streaming import build_features_out_of_core
+    from ytdnn.training.ranker import RankerConfig
+
+    cfg = RankerConfig.load(config, _overrides({}, set_))
+    split = DateSplit(train_end=cfg.data.train_end, test_start=cfg.data.test_start)
+    result = build_features_out_of_core(source, out, config=cfg.features, split=split, n_partitions=partitions,
+                                        shard_rows=shard_rows, log=lambda m: console.print(f"  {m}"))
+    console.print(f"[green]wrote[/] {out}: {result.rows('train'):,} train and {result.rows('test'):,} test rows in "
+                  f"{len(result.shards)} shards ({result.n_partitions} partitions, "
+                  f"{result.seconds['total']:.1f}s)")
+
+
 # ---------------------------------------------------------------------------------------- train
 
 @train_app.command("ranker")
@@ -158,6 +183,45 @@ def train_ranker_cmd(
         distributed.shutdown()
     if ctx.is_main:
         console.print(f"[green]ranker trained:[/] {out}" + (f" ({ctx.world_size} processes)" if ctx.enabled else ""))
+
+
+@train_app.command("sharded")
+@user_errors
+def train_sharded_cmd(
+    features: Annotated[Path, typer.Argument(help="Feature shards folder written by `ytdnn data features`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    config: ConfigOpt = None,
+    epochs: Annotated[int, typer.Option(help="Epochs over the training shards.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    sparse_min_rows: Annotated[int, typer.Option(help="Tables with at least this many rows get sparse gradients "
+                                                      "and SparseAdam; 0 = every table dense.")] = 10_000,
+    buffer_shards: Annotated[int, typer.Option(help="Feature shards per shuffle buffer.")] = 2,
+    set_: SetOpt = None,
+) -> None:
+    """Train the ranker from feature shards, batch by batch (bounded memory; DDP ranks read their own shards).
+
+    Model, objective and optimiser settings come from the ranker config (model.hidden, objective.name,
+    train.lr, train.batch_size = per rank, train.num_threads).
+    """
+    from ytdnn.training import distributed
+    from ytdnn.training.ranker import RankerConfig
+    from ytdnn.training.sharded import train_sharded
+
+    cfg = RankerConfig.load(config, _overrides({"seed": seed}, set_))
+    ctx = distributed.init_from_env()
+    try:
+        result = train_sharded(features, out, objective_name=cfg.objective.name, objective_params=cfg.objective.params,
+                               hidden=tuple(cfg.model.hidden), dropout=cfg.model.dropout, lr=cfg.train.lr,
+                               weight_decay=cfg.train.weight_decay, batch_size=cfg.train.batch_size, epochs=epochs,
+                               seed=cfg.seed, buffer_shards=buffer_shards, sparse_min_rows=sparse_min_rows or None,
+                               num_threads=cfg.train.num_threads, log_every=500)
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        last = result.history.epochs[-1]
+        console.print(f"[green]ranker trained from shards:[/] {out}: {result.n_train:,} rows/epoch, train loss "
+                      f"{last.train_loss:.5f}, test loss {result.test.get('test_loss', float('nan')):.5f} "
+                      f"({result.seconds['train']:.1f}s training)")
 
 
 @train_app.command("retrieval")
@@ -260,13 +324,33 @@ def simulate_cmd(
     config: ConfigOpt = None,
     click_rate: Annotated[Optional[float], typer.Option(help="Target average click rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Scale set shape (10 impressions per user, 50 per video): "
+                                                       "scale-1m | scale-10m | scale-20m | scale-50m; written as "
+                                                       "Parquet shards in bounded memory.")] = None,
+    impressions: Annotated[Optional[int], typer.Option(help="With --preset: this many impressions instead.")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per impressions/part-*.parquet shard (--preset).")
+                          ] = 1_000_000,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic impression log with known ground truth (E[T|x], p(x))."""
     from ytdnn.data.schema import write_dataset
-    from ytdnn.data.simulator import SimulatorConfig, simulate
+    from ytdnn.data.simulator import SCALE_PRESETS, SimulatorConfig, scale_config, simulate, simulate_to_parquet
 
-    cfg = SimulatorConfig.load(config, _overrides({"target_click_rate": click_rate, "seed": seed}, set_))
+    overrides = _overrides({"target_click_rate": click_rate, "seed": seed}, set_)
+    if preset is not None or impressions is not None:
+        if preset is not None and preset not in SCALE_PRESETS:
+            raise typer.BadParameter(f"unknown preset {preset!r}; expected one of {sorted(SCALE_PRESETS)}",
+                                     param_hint="--preset")
+        n_impressions = impressions or SCALE_PRESETS[preset or "scale-50m"]
+        shape = scale_config(n_impressions)  # sets the sizes; --set / --seed / --click-rate still apply
+        sizes = [f"{key}={getattr(shape, key)}" for key in ("n_users", "n_videos", "n_days",
+                                                             "impressions_per_user_day")]
+        cfg = SimulatorConfig.load(config, sizes + overrides)
+        simulate_to_parquet(cfg, out, shard_rows=shard_rows)
+        console.print(f"[green]wrote[/] {out}: ~{n_impressions:,} impressions, {cfg.n_users:,} users, "
+                      f"{cfg.n_videos:,} videos in Parquet shards of {shard_rows:,} rows")
+        return
+    cfg = SimulatorConfig.load(config, overrides)
     data = simulate(cfg)
     write_dataset(data, out)
     console.print(f"[green]wrote[/] {out}: {data.summary()}")

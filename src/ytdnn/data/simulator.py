@@ -61,7 +61,7 @@ from ytdnn.config import JobConfig
 from ytdnn.data.schema import ImpressionShardWriter, InteractionData, conform_impressions
 from ytdnn.utils.io import atomic_write_json, atomic_write_with
 
-__all__ = ["SimulatorConfig", "simulate", "simulate_to_parquet"]
+__all__ = ["SCALE_PRESETS", "SimulatorConfig", "scale_config", "simulate", "simulate_to_parquet"]
 
 _MS_PER_HOUR = 3_600_000
 _MS_PER_MINUTE = 60_000
@@ -532,6 +532,29 @@ def _empty_impressions() -> pl.DataFrame:
                                  "date": pl.Int32, "is_click": pl.Int8, "watch_time_s": pl.Float64,
                                  "true_p_click": pl.Float64, "true_expected_watch_s": pl.Float64})
     return conform_impressions(frame, source="simulator")
+
+
+# ---- the scale set ---------------------------------------------------------------------------------------------
+
+# The scale set of issue 6: 50M impressions, 5M users, 1M videos over the default 14 days, i.e.
+# 10 impressions per user over the window and 50 per video. Smaller sizes keep that shape, so the
+# embedding tables grow with the log: ``scale_config(n)`` has n/10 users and n/50 videos.
+SCALE_IMPRESSIONS_PER_USER = 10
+SCALE_IMPRESSIONS_PER_VIDEO = 50
+SCALE_PRESETS: dict[str, int] = {"scale-1m": 1_000_000, "scale-10m": 10_000_000, "scale-20m": 20_000_000,
+                                 "scale-50m": 50_000_000}
+
+
+def scale_config(n_impressions: int, seed: int = 0, **overrides: object) -> SimulatorConfig:
+    """A log of about ``n_impressions`` rows shaped like the issue-6 scale set (see the constants above)."""
+    if n_impressions <= 0:
+        raise ValueError(f"n_impressions must be > 0, got {n_impressions}")
+    n_days = int(overrides.pop("n_days", 14))  # type: ignore[call-overload]
+    n_users = max(1, n_impressions // SCALE_IMPRESSIONS_PER_USER)
+    n_videos = max(64, n_impressions // SCALE_IMPRESSIONS_PER_VIDEO)  # >= n_topics (32) and n_tags (64)
+    return SimulatorConfig(n_users=n_users, n_videos=n_videos, n_days=n_days,
+                           impressions_per_user_day=SCALE_IMPRESSIONS_PER_USER / n_days, seed=seed,
+                           **overrides)  # type: ignore[arg-type]
 
 
 # ---- public API -----------------------------------------------------------------------------------------------

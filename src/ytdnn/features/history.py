@@ -127,12 +127,52 @@ def _author_map(videos: pl.DataFrame) -> pl.DataFrame:
     return authors
 
 
+def _group_runs(frame: pl.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, group start, same-time start) for the rows of ``frame`` grouped by ``keys``.
+
+    ``order`` sorts the rows by (keys, time_ms, _key), i.e. each group in the frame's own order
+    (the frame is sorted by time_ms, _key within its leading key); ``group_start[i]`` is the
+    position in that order where row order[i]'s group begins, ``time_start[i]`` where its
+    (group, time_ms) run begins. A null key is a group of its own, as in Polars' ``over``.
+    """
+    columns: list[np.ndarray] = []
+    for key in keys:
+        series = frame[key]
+        columns += [series.fill_null(0).to_numpy(), series.is_null().to_numpy()]
+    time_ms = frame["time_ms"].to_numpy()
+    order = np.lexsort([frame[KEY].to_numpy(), time_ms, *reversed(columns)])
+    n = order.size
+    new_group = np.zeros(n, dtype=bool)
+    if n:
+        new_group[0] = True
+        for column in columns:
+            ordered = column[order]
+            new_group[1:] |= ordered[1:] != ordered[:-1]
+    ordered_time = time_ms[order]
+    new_time = new_group.copy()
+    new_time[1:] |= ordered_time[1:] != ordered_time[:-1]
+    positions = np.arange(n)
+    group_start = np.maximum.accumulate(np.where(new_group, positions, 0)) if n else positions
+    time_start = np.maximum.accumulate(np.where(new_time, positions, 0)) if n else positions
+    return order, group_start, time_start
+
+
 def _before(frame: pl.DataFrame, value: str, keys: list[str], out: str) -> pl.DataFrame:
     """Sum of ``value`` over rows of the same ``keys`` group with a strictly smaller time_ms.
 
     The frame is sorted by (user_id, time_ms, _key). The exclusive running sum at the *first* row
     of a same-time group counts only strictly earlier rows; every row of that group takes it.
     """
+    if len(keys) > 1 and frame.schema[value].is_integer():
+        # Many small groups (user × video): Polars' over() costs ~5 µs a group there; integer sums
+        # can be taken as differences of one running sum (exact), with the groups found by a sort.
+        order, group_start, time_start = _group_runs(frame, keys)
+        ordered = frame[value].to_numpy()[order].astype(np.int64)
+        exclusive = np.cumsum(ordered) - ordered
+        before = (exclusive - exclusive[group_start])[time_start]
+        result = np.empty_like(before)
+        result[order] = before
+        return frame.with_columns(pl.Series(out, result, dtype=pl.Int64))
     # shift(1) of the running sum, not "running sum − value": (S + x) − x need not equal S in floats,
     # and the serving path (other rows at that time) must get bit-identical sums.
     return (frame.with_columns(pl.col(value).cum_sum().shift(1, fill_value=0).over(keys).alias(out))
@@ -141,6 +181,20 @@ def _before(frame: pl.DataFrame, value: str, keys: list[str], out: str) -> pl.Da
 
 def _last_before(frame: pl.DataFrame, value: str, keys: list[str], out: str) -> pl.DataFrame:
     """Latest non-null ``value`` of the ``keys`` group on rows with a strictly smaller time_ms."""
+    if len(keys) > 1:  # the same sort as _before instead of over(): index of the last non-null row so far
+        order, group_start, time_start = _group_runs(frame, keys)
+        series = frame[value]
+        ordered_valid = series.is_not_null().to_numpy()[order]
+        positions = np.arange(order.size)
+        last_valid = np.maximum.accumulate(np.where(ordered_valid, positions, -1)) if order.size else positions
+        previous = np.concatenate([[-1], last_valid[:-1]])[time_start]
+        found = previous >= group_start[time_start]
+        source = order[np.where(found, previous, 0)] if order.size else order
+        taken = series.gather(pl.Series(source)) if order.size else series
+        ordered_out = pl.select(pl.when(pl.Series(found)).then(taken)).to_series()
+        inverse = np.empty_like(order)
+        inverse[order] = positions
+        return frame.with_columns(ordered_out.gather(pl.Series(inverse)).alias(out))
     return (frame.with_columns(pl.col(value).shift(1).forward_fill().over(keys).alias(out))
             .with_columns(pl.col(out).first().over([*keys, "time_ms"])))
 
@@ -162,22 +216,28 @@ def _recent_clicked_ids(frame: pl.DataFrame, max_clicked: int) -> pl.Series:
     return pl.Series(CLICKED_IDS, pl.from_arrow(array)).cast(pl.List(pl.Int64))
 
 
-def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
-    """History columns for every row of ``events``, in the input order.
+USER_SIDE_COLUMNS: tuple[str, ...] = (CLICKED_IDS, *(c.name for c in DENSE_HISTORY_COLUMNS if c.side != "item"))
+ITEM_SIDE_COLUMNS: tuple[str, ...] = tuple(c.name for c in DENSE_HISTORY_COLUMNS if c.side == "item")
+KEY = "_key"  # the row's position in the whole log: orders rows of the same time, and joins the two sides
 
-    ``events``: user_id, video_id, author_id (nullable), time_ms, is_click, watch_time_s and
-    ``_weight`` (1 for a logged event, 0 for a serving request that must not count as history).
+
+def _prepare_events(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """Typed events sorted by (user_id, time_ms, _key) with the counted-impression/click/watch columns.
+
+    ``events`` may carry ``_key`` (the row's position in the whole log, as the out-of-core path
+    passes it); otherwise the input order is the key. Duplicates are resolved within one
+    (user, video, time_ms) group, so any subset of the log closed under that group (all the
+    events of some users, or of some videos) gets the same ``_imp``/``_click`` as the whole log.
     """
-    window = f"{round(config.window_hours * 3_600_000)}ms"
-    k, p0 = config.click_rate_prior_strength, config.click_rate_prior
+    key = pl.col(KEY).cast(pl.Int64) if KEY in events.columns else pl.int_range(pl.len(), dtype=pl.Int64).alias(KEY)
     frame = (events.select(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_key"),
+        key,
         pl.col("user_id").cast(pl.Int64), pl.col("video_id").cast(pl.Int64), pl.col("author_id").cast(pl.Int64),
         pl.col("time_ms").cast(pl.Int64),
         pl.col("_weight").cast(pl.Int64),
         pl.col("is_click").cast(pl.Int64),
         pl.col("watch_time_s").cast(pl.Float64),
-    ).sort(["user_id", "time_ms", "_key"]))
+    ).sort(["user_id", "time_ms", KEY]))
     counted = pl.col("_weight") == 1
     if config.count_duplicates_once:
         # Only the first logged row of each (user, video, time_ms) counts; requests (weight 0) never do.
@@ -186,11 +246,17 @@ def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
         ((pl.col("is_click") == 1) & (pl.col("_imp") == 1)).cast(pl.Int64).alias("_click"))
     frame = frame.with_columns(
         pl.when(pl.col("_click") == 1).then(pl.col("watch_time_s")).otherwise(0.0).alias("_watch"))
-    frame = frame.with_columns(
+    return frame.with_columns(
         pl.when(pl.col("_click") == 1).then(pl.col("time_ms")).alias("_click_time"),
         pl.from_epoch("time_ms", time_unit="ms").alias("_dt"),
-        (pl.col("_click").cum_sum() - pl.col("_click")).alias("_gclicks"),
     )
+
+
+def _user_side(frame: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """User and cross columns of a :func:`_prepare_events` frame (each user's events must all be there)."""
+    window = f"{round(config.window_hours * 3_600_000)}ms"
+    k, p0 = config.click_rate_prior_strength, config.click_rate_prior
+    frame = frame.with_columns((pl.col("_click").cum_sum() - pl.col("_click")).alias("_gclicks"))
     user = ["user_id"]
     for value, keys, out in (("_imp", user, "_imps"), ("_click", user, "_clicks"), ("_watch", user, "_watch_s"),
                              ("_imp", ["user_id", "video_id"], "_video_imps"),
@@ -221,14 +287,19 @@ def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
         pl.when(has_author).then((pl.col("time_ms") - pl.col("_last_author_click")) / 1000.0)
         .alias(S_SINCE_LAST_AUTHOR_CLICK),
     )
-    frame = frame.with_columns(_recent_clicked_ids(frame, config.max_clicked))
-    # Item-side history: the same strictly-earlier sums, over each video's events (all users).
-    frame = frame.sort(["video_id", "time_ms", "_key"])
+    return frame.with_columns(_recent_clicked_ids(frame, config.max_clicked))
+
+
+def _item_side(frame: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """Item columns of a :func:`_prepare_events` frame (each video's events must all be there); sorted by video."""
+    window = f"{round(config.window_hours * 3_600_000)}ms"
+    k, p0, m0 = config.click_rate_prior_strength, config.click_rate_prior, config.watch_prior_s
+    # The same strictly-earlier sums as the user side, over each video's events (all users).
+    frame = frame.sort(["video_id", "time_ms", KEY])
     video = ["video_id"]
     for value, out in (("_imp", "_v_imps"), ("_click", "_v_clicks"), ("_watch", "_v_watch")):
         frame = _before(frame, value, video, out)
-    m0 = config.watch_prior_s
-    frame = frame.with_columns(
+    return frame.with_columns(
         ((pl.col("_v_clicks") + k * p0) / (pl.col("_v_imps") + k)).alias(VIDEO_CLICK_RATE) if k > 0 else
         pl.when(pl.col("_v_imps") > 0).then(pl.col("_v_clicks") / pl.col("_v_imps")).otherwise(p0)
         .alias(VIDEO_CLICK_RATE),
@@ -238,22 +309,50 @@ def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
         pl.col("_imp").rolling_sum_by("_dt", window_size=window, closed="left").over("video_id")
         .alias(VIDEO_IMPRESSIONS_WINDOW),
     )
-    frame = frame.sort("_key")
-    return frame.select(
-        CLICKED_IDS,
-        pl.col(S_SINCE_LAST_CLICK).cast(pl.Float64),
-        pl.col(USER_CLICK_RATE).cast(pl.Float64),
-        pl.col(USER_MEAN_WATCH_S).cast(pl.Float64),
-        pl.col(USER_IMPRESSIONS_WINDOW).fill_null(0).cast(pl.Int64),
-        pl.col(USER_CLICKS_WINDOW).fill_null(0).cast(pl.Int64),
-        pl.col(VIDEO_PREV_IMPRESSIONS).cast(pl.Int64),
-        pl.col(AUTHOR_CLICKS).cast(pl.Int64),
-        pl.col(AUTHOR_CLICK_SHARE).cast(pl.Float64),
-        pl.col(S_SINCE_LAST_AUTHOR_CLICK).cast(pl.Float64),
-        pl.col(VIDEO_CLICK_RATE).cast(pl.Float64),
-        pl.col(VIDEO_MEAN_WATCH_S).cast(pl.Float64),
-        pl.col(VIDEO_IMPRESSIONS_WINDOW).fill_null(0).cast(pl.Int64),
-    )
+
+
+_OUTPUT_TYPES: dict[str, pl.Expr] = {
+    CLICKED_IDS: pl.col(CLICKED_IDS),
+    S_SINCE_LAST_CLICK: pl.col(S_SINCE_LAST_CLICK).cast(pl.Float64),
+    USER_CLICK_RATE: pl.col(USER_CLICK_RATE).cast(pl.Float64),
+    USER_MEAN_WATCH_S: pl.col(USER_MEAN_WATCH_S).cast(pl.Float64),
+    USER_IMPRESSIONS_WINDOW: pl.col(USER_IMPRESSIONS_WINDOW).fill_null(0).cast(pl.Int64),
+    USER_CLICKS_WINDOW: pl.col(USER_CLICKS_WINDOW).fill_null(0).cast(pl.Int64),
+    VIDEO_PREV_IMPRESSIONS: pl.col(VIDEO_PREV_IMPRESSIONS).cast(pl.Int64),
+    AUTHOR_CLICKS: pl.col(AUTHOR_CLICKS).cast(pl.Int64),
+    AUTHOR_CLICK_SHARE: pl.col(AUTHOR_CLICK_SHARE).cast(pl.Float64),
+    S_SINCE_LAST_AUTHOR_CLICK: pl.col(S_SINCE_LAST_AUTHOR_CLICK).cast(pl.Float64),
+    VIDEO_CLICK_RATE: pl.col(VIDEO_CLICK_RATE).cast(pl.Float64),
+    VIDEO_MEAN_WATCH_S: pl.col(VIDEO_MEAN_WATCH_S).cast(pl.Float64),
+    VIDEO_IMPRESSIONS_WINDOW: pl.col(VIDEO_IMPRESSIONS_WINDOW).fill_null(0).cast(pl.Int64),
+}
+
+
+def _select_output(frame: pl.DataFrame, columns: tuple[str, ...], *, keep_key: bool = False) -> pl.DataFrame:
+    return frame.select(*([KEY] if keep_key else []), *(_OUTPUT_TYPES[c] for c in columns))
+
+
+def user_side_history(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """``_key`` + the user and cross history columns, for a log holding *all* events of its users.
+
+    The out-of-core path runs it on one user partition of the log (see :mod:`.streaming`).
+    """
+    return _select_output(_user_side(_prepare_events(events, config), config), USER_SIDE_COLUMNS, keep_key=True)
+
+
+def item_side_history(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """``_key`` + the item history columns, for a log holding *all* events of its videos (a video partition)."""
+    return _select_output(_item_side(_prepare_events(events, config), config), ITEM_SIDE_COLUMNS, keep_key=True)
+
+
+def _history_core(events: pl.DataFrame, config: HistoryConfig) -> pl.DataFrame:
+    """History columns for every row of ``events``, in the input order.
+
+    ``events``: user_id, video_id, author_id (nullable), time_ms, is_click, watch_time_s and
+    ``_weight`` (1 for a logged event, 0 for a serving request that must not count as history).
+    """
+    frame = _item_side(_user_side(_prepare_events(events, config), config), config).sort(KEY)
+    return _select_output(frame, HISTORY_COLUMNS)
 
 
 def _check_events(frame: pl.DataFrame, what: str) -> None:

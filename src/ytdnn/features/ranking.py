@@ -278,6 +278,20 @@ class RankingFeaturePipeline:
         if "is_click" not in train_impressions.columns:
             raise FeaturePipelineError("fit: training impressions lack column 'is_click' (vocabularies are "
                                        "built from clicked impressions)")
+        categorical, multivalent, dense = self.resolve_inputs(users, videos)
+        raw = self._raw_frame(train_impressions, users, videos, categorical, multivalent, dense)
+        clicked = raw.filter(pl.col("is_click") == 1)
+        vocabularies = {table: Vocabulary.build(clicked[column], name=table, max_size=max_size,
+                                                min_count=self.config.min_count)
+                        for table, column, max_size in self.vocabulary_sources()}
+        normalisers = {name: QuantileNormaliser.fit(raw[column], name=name, n_quantiles=self.config.n_quantiles,
+                                                    missing=missing)
+                       for name, column, missing in self.quantile_sources()}
+        return self.set_fitted(vocabularies, normalisers)
+
+    def resolve_inputs(self, users: pl.DataFrame, videos: pl.DataFrame
+                       ) -> tuple[list[_Categorical], list[_Multivalent], list[_Dense]]:
+        """Fix the profile columns and video statistics the tables offer; the plan of features (first step of fit)."""
         config = self.config
         if self._enabled("profile"):
             self.profile_categorical, self.profile_numeric = _resolve_profile_columns(users, config)
@@ -287,10 +301,16 @@ class RankingFeaturePipeline:
         self.video_stats = ([s for s in config.video_stats
                              if s.numerator in present and (s.denominator is None or s.denominator in present)]
                             if self._enabled("video_stats") else [])
-        categorical, multivalent, dense = self._plan()
-        raw = self._raw_frame(train_impressions, users, videos, categorical, multivalent, dense)
-        clicked = raw.filter(pl.col("is_click") == 1)
+        return self._plan()
 
+    def raw_features(self, impressions: pl.DataFrame, users: pl.DataFrame, videos: pl.DataFrame) -> pl.DataFrame:
+        """One raw column per feature plus the labels (what the vocabularies and quantiles are fitted on)."""
+        return self._raw_frame(impressions, users, videos, *self._plan())
+
+    def vocabulary_sources(self) -> list[tuple[str, str, int]]:
+        """(table, raw column, max size) of each vocabulary, after :meth:`resolve_inputs`."""
+        config = self.config
+        categorical, multivalent, _ = self._plan()
         max_size = {"video_id": config.video_vocab_size, "author_id": config.author_vocab_size,
                     "music_id": config.music_vocab_size, "tag": config.tag_vocab_size,
                     "user_id": config.user_vocab_size, "tab": config.context_vocab_size,
@@ -298,18 +318,21 @@ class RankingFeaturePipeline:
         # A table's vocabulary comes from the column of the feature that defines the id space
         # (video_id: the impression video id, even when only the history ids read the table).
         table_source = {"video_id": "video_id", "tag": "tags"}
-        vocabularies: dict[str, Vocabulary] = {}
-        for table in dict.fromkeys(f.spec.table for f in (*categorical, *multivalent)):
-            assert table is not None
-            column = table_source.get(table, table)
-            vocabularies[table] = Vocabulary.build(
-                clicked[column], name=table, max_size=max_size.get(table, config.profile_vocab_size),
-                min_count=config.min_count)
+        tables = [f.spec.table for f in (*categorical, *multivalent)]
+        return [(table, table_source.get(table, table), max_size.get(table, config.profile_vocab_size))
+                for table in dict.fromkeys(t for t in tables if t is not None)]
+
+    def quantile_sources(self) -> list[tuple[str, str, MissingPolicy]]:
+        """(feature, raw column, missing policy) of each quantile-normalised feature, after :meth:`resolve_inputs`."""
+        return [(d.spec.name, d.column, d.missing) for d in self._plan()[2]]
+
+    def set_fitted(self, vocabularies: dict[str, Vocabulary], normalisers: dict[str, QuantileNormaliser]
+                   ) -> "RankingFeaturePipeline":
+        """Install fitted vocabularies and quantiles and build the layout (last step of fit)."""
+        config = self.config
+        categorical, multivalent, dense = self._plan()
         self.vocabularies = vocabularies
-        self.normalisers = {
-            d.spec.name: QuantileNormaliser.fit(raw[d.column], name=d.spec.name, n_quantiles=config.n_quantiles,
-                                                missing=d.missing)
-            for d in dense}
+        self.normalisers = normalisers
         tables = [EmbeddingTableSpec(name, vocab.size,
                                      embedding_dim(vocab.size, multiplier=config.embedding_multiplier,
                                                    min_dim=config.embedding_min_dim,

@@ -61,6 +61,50 @@ def _key_kind(dtype: pl.DataType, name: str) -> KeyKind:
     raise VocabularyError(f"vocabulary {name!r}: values must be integers or strings; got dtype {dtype}")
 
 
+def value_counts(values: pl.Series | np.ndarray | Sequence[object], name: str) -> tuple[pl.DataFrame, KeyKind]:
+    """(``key``, ``count``) of the non-null values (lists exploded: each element counts once), and the key kind."""
+    series = _as_series(values, name)
+    if isinstance(series.dtype, (pl.List, pl.Array)):
+        series = series.explode()
+    if series.dtype == pl.Null:
+        series = series.cast(pl.Int64)
+    kind = _key_kind(series.dtype, name)
+    series = series.cast(pl.Int64 if kind == "int" else pl.String).drop_nulls()
+    return series.rename("key").to_frame().group_by("key").len(name="count").cast({"count": pl.Int64}), kind
+
+
+class VocabularyCounter:
+    """Value counts of one vocabulary accumulated over shards (mergeable: counts add up).
+
+    ``Vocabulary.build(concat(shards))`` equals ``counter.vocabulary()`` after ``add(shard)`` for
+    each shard, exactly: the counts are integers and the ranking rule only reads them.
+    Memory: one row per distinct value seen.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.kind: KeyKind | None = None
+        self._counts: pl.DataFrame | None = None
+
+    def add(self, values: pl.Series | np.ndarray | Sequence[object]) -> None:
+        counts, kind = value_counts(values, self.name)
+        if counts.height == 0 and self._counts is not None:
+            return
+        if self.kind is not None and kind != self.kind and counts.height:
+            raise VocabularyError(f"vocabulary {self.name!r}: a shard has {kind} values, earlier shards had "
+                                  f"{self.kind} values")
+        if self._counts is None or self._counts.height == 0:
+            self._counts, self.kind = counts, kind
+        else:
+            self._counts = pl.concat([self._counts, counts]).group_by("key").agg(pl.col("count").sum())
+
+    def vocabulary(self, *, max_size: int | None = None, min_count: int = 1) -> "Vocabulary":
+        counts = self._counts if self._counts is not None else pl.DataFrame(schema={"key": pl.Int64,
+                                                                                    "count": pl.Int64})
+        return Vocabulary.from_counts(counts, self.kind or "int", name=self.name, max_size=max_size,
+                                      min_count=min_count)
+
+
 class Vocabulary:
     """Frequency-ranked value → index map with index 0 = out-of-vocabulary (see module docstring)."""
 
@@ -94,14 +138,22 @@ class Vocabulary:
             raise VocabularyError(f"vocabulary {name!r}: max_size must be >= 0; got {max_size}")
         if min_count < 1:
             raise VocabularyError(f"vocabulary {name!r}: min_count must be >= 1; got {min_count}")
-        series = _as_series(values, name)
-        if isinstance(series.dtype, (pl.List, pl.Array)):
-            series = series.explode()
-        if series.dtype == pl.Null:
-            series = series.cast(pl.Int64)
-        kind = _key_kind(series.dtype, name)
-        series = series.cast(pl.Int64 if kind == "int" else pl.String).drop_nulls()
-        counted = (series.rename("key").to_frame().group_by("key").len(name="count")
+        counts, kind = value_counts(values, name)
+        return cls.from_counts(counts, kind, name=name, max_size=max_size, min_count=min_count)
+
+    @classmethod
+    def from_counts(cls, counts: pl.DataFrame, kind: KeyKind, *, name: str, max_size: int | None = None,
+                    min_count: int = 1) -> "Vocabulary":
+        """Keep the ``max_size`` most frequent keys of a (``key``, ``count``) frame with count >= ``min_count``.
+
+        The frame may repeat a key (partial counts of several shards, see :class:`VocabularyCounter`):
+        repeated keys are summed first, so the result equals :meth:`build` over all the values.
+        """
+        if max_size is not None and max_size < 0:
+            raise VocabularyError(f"vocabulary {name!r}: max_size must be >= 0; got {max_size}")
+        if min_count < 1:
+            raise VocabularyError(f"vocabulary {name!r}: min_count must be >= 1; got {min_count}")
+        counted = (counts.group_by("key").agg(pl.col("count").sum())
                    .filter(pl.col("count") >= min_count)
                    .sort(["count", "key"], descending=[True, False]))
         if max_size is not None:

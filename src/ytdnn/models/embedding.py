@@ -13,6 +13,11 @@ A multivalent feature (a bag of ids, 0 = padding) is the *mean* of its non-paddi
     e(bag) = Σ_{j: id_j ≠ 0} E[id_j] / max(1, #{j: id_j ≠ 0})
 
 so an all-padding bag is the zero vector.
+
+Tables named in ``EmbeddingBank.sparse_tables`` get *sparse* gradients (only the rows a batch
+touched), for ``torch.optim.SparseAdam``: with millions of ids, a dense gradient and a dense Adam
+step over the whole table per batch cost O(vocabulary) where the batch touches O(batch) rows
+(see :mod:`ytdnn.training.sharded`). The values computed are the same either way.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ class LayoutError(ValueError):
     """A feature layout (or tensors handed with it) that the network cannot use; names the feature."""
 
 
-def mean_of_bags(table: Tensor, ids: Tensor) -> Tensor:
+def mean_of_bags(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:
     """Mean of the rows ``table[ids[b, j]]`` over the non-zero ids of each bag; zeros for empty bags.
 
     ``ids``: LongTensor [B, L] with 0 = padding; returns [B, dim]. Written as gather + masked sum
     (not ``embedding_bag``) so that it exports to ONNX as plain Gather/ReduceSum ops.
     """
     mask = (ids != 0).to(table.dtype)  # [B, L]
-    rows = nn.functional.embedding(ids, table, padding_idx=0)  # [B, L, dim]
+    rows = nn.functional.embedding(ids, table, padding_idx=0, sparse=sparse)  # [B, L, dim]
     total = (rows * mask.unsqueeze(-1)).sum(dim=1)
     count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
     return total / count
@@ -86,6 +91,7 @@ class EmbeddingBank(nn.Module):
                 self._by_side[feature.side].append((feature.kind, position[id(feature)], feature))
         self.n_categorical = len(categorical)
         self.n_multivalent = len(multivalent)
+        self.sparse_tables: frozenset[str] = frozenset()  # tables with sparse gradients (module docstring)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -118,10 +124,11 @@ class EmbeddingBank(nn.Module):
         parts: list[Tensor] = []
         for kind, j, spec in self._by_side[side]:
             weight = self.tables[spec.table].weight  # type: ignore[index]
+            sparse = spec.table in self.sparse_tables
             if kind == "categorical":
-                parts.append(nn.functional.embedding(categorical[:, j], weight, padding_idx=0))
+                parts.append(nn.functional.embedding(categorical[:, j], weight, padding_idx=0, sparse=sparse))
             else:
-                parts.append(mean_of_bags(weight, multivalent[j]))
+                parts.append(mean_of_bags(weight, multivalent[j], sparse))
         if not parts:
             return categorical.new_zeros((categorical.shape[0], 0), dtype=self._dtype())
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
