@@ -129,6 +129,15 @@ DEFAULT_OBJECTIVE = "wlr-corrected"
 minimises the weighted per-user loss — and c · odds · (1 − p̂) as the calibrated expected watch time."""
 
 
+RANKER_OBJECTIVE_PARAMS: dict[str, dict[str, Any]] = {"wlr-corrected": {"click_loss_weight": 0.1}}
+r"""The ranker job's defaults for an objective's parameters (the objective classes keep theirs,
+which the weighted-LR study uses). ``wlr-corrected``'s click term weighs 0.1: with Adam the click
+head's own parameters learn nearly the same at any weight (Adam's steps barely depend on a gradient's
+scale), so the weight only sets how much the click task shapes the shared tower. At 1.0 the tower
+learns each user's click level, which does not carry to later days and costs global XAUC
+(README, "Ranker tuning"); at 0.1 the tower is WLR's and p̂ is read off it."""
+
+
 class ObjectiveSection(_Section):
     name: str = Field(DEFAULT_OBJECTIVE, description="ranking objective; wlr-corrected ranks by the WLR odds and "
                                                      "serves calibrated odds·(1−p̂); 'wlr' is the paper's plain e^z")
@@ -138,6 +147,18 @@ class ObjectiveSection(_Section):
     @classmethod
     def _known(cls, name: str) -> str:
         return check_objective_name(name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranker_defaults(cls, tree: Any) -> Any:
+        # The ranker's tuned parameters of an objective, under any the config gives itself.
+        if not isinstance(tree, dict):
+            return tree
+        name = tree.get("name", DEFAULT_OBJECTIVE)
+        defaults = RANKER_OBJECTIVE_PARAMS.get(name) if isinstance(name, str) else None
+        if not defaults:
+            return tree
+        return tree | {"params": defaults | dict(tree.get("params") or {})}
 
     @model_validator(mode="after")
     def _buildable(self) -> ObjectiveSection:
