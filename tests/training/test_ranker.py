@@ -253,3 +253,31 @@ def test_refit_retrains_on_every_training_day_for_the_selected_epochs(tmp_path: 
     frame = _validation_frame(result, data)
     np.testing.assert_array_equal(load_ranker(tmp_path).score_frame(frame, data.users, data.videos)["logit"],
                                   result.ranker.score_frame(frame, data.users, data.videos)["logit"])
+
+
+def test_refit_calibration_carries_the_selection_pass_out_of_sample_gap(tmp_path: Path) -> None:
+    # Enough validation clicks (>= MIN_VALIDATION_CLICKS) that the selection pass fits c on the
+    # validation day; the refit has no held-out day left, so its c is its in-sample match times the
+    # selection's held-out / in-sample ratio.
+    data = simulate(SimulatorConfig(n_users=300, n_videos=200, n_days=5, start_date=20220501,
+                                    impressions_per_user_day=10, n_authors=40, n_music=50, n_tokens=100, seed=5,
+                                    target_click_rate=0.44))
+    config = RankerConfig.load(overrides=FAST | {"train.epochs": 2, "train.average_last_epochs": 1,
+                                                 "baselines.click": False, "seed": 2})
+    result = train_ranker(config, tmp_path, data=data)
+    training = json.loads((tmp_path / "training.json").read_text())
+    selection = training["selection_facts"]["calibration"]
+    assert selection["rows"] == "validation" and selection["n_clicks"] >= 1000
+    calibration = training["calibration"]
+    assert calibration["held_out_scale_selection"] == selection["watch_scale"]
+    gap = calibration["held_out_scale_selection"] / calibration["in_sample_scale_selection"]
+    assert calibration["out_of_sample_gap"] == pytest.approx(gap, rel=1e-12)
+    assert calibration["watch_scale"] == pytest.approx(calibration["in_sample_scale_refit"] * gap, rel=1e-12)
+    assert result.ranker.objective.watch_scale == calibration["watch_scale"]
+    # The refit's in-sample factor, recomputed from the saved model on every training day.
+    loaded = load_ranker(tmp_path)
+    train = data.impressions.filter(pl.col("date") <= 20220504)
+    frame = loaded.pipeline.add_history(train, data.videos)
+    served = loaded.score_frame(frame, data.users, data.videos)["expected_watch_s"]
+    in_sample = float(frame["watch_time_s"].mean()) / float(np.mean(served / loaded.objective.watch_scale))
+    assert in_sample == pytest.approx(calibration["in_sample_scale_refit"], rel=1e-5)
