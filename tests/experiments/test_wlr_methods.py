@@ -412,12 +412,14 @@ def test_quick_fills_only_what_is_not_given() -> None:
     assert full.file_stem() == "wlr_methods"
 
 
-def test_ranker_config_is_the_rankers_defaults_plus_overrides() -> None:
+def test_ranker_config_is_the_rankers_defaults_with_the_study_training_plus_overrides() -> None:
     config = WlrMethodsConfig.load(None, {"ranker": {"train.lr": 0.005}})
     ranker = config.ranker_config()
     assert ranker.train.lr == 0.005
     assert ranker.model.hidden == RankerConfig().model.hidden
-    assert config.budget_epochs() == RankerConfig().train.epochs
+    # The study pins its own training (3 epochs, no epoch-end averaging, no refit) over the ranker's.
+    assert config.budget_epochs() == 3 == ranker.train.epochs
+    assert ranker.train.average_last_epochs == 1 and ranker.data.refit is False
     # The learnable family adds its own overrides on top of the study's.
     learnable = config.family_ranker_config(config.learnable)
     assert learnable.train.lr == 0.005 and learnable.model.hidden == [32]

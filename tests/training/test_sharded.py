@@ -126,6 +126,7 @@ def test_two_ranks_read_their_own_shards_and_reduce_metrics(features: Path, tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "ytdnn", "train", "sharded",
                str(features), "--out", str(tmp_path / "ddp"), "--set", "train.batch_size=512",
+               "--set", "objective.name=wlr",  # the objective of train_sharded's own default, compared below
                "--sparse-min-rows", "100"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
