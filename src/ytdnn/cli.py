@@ -235,14 +235,22 @@ def train_retrieval_cmd(
     data_dir: DataDirOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Train the candidate-generation model (softmax over the corpus)."""
+    """Train the candidate-generation model (softmax over the corpus); runs under torchrun (DDP)."""
+    from ytdnn.training import distributed
     from ytdnn.training.retrieval import RetrievalConfig, train_retrieval
 
     cfg = RetrievalConfig.load(config, _overrides({
         "train.epochs": epochs, "seed": seed, "data.dataset": dataset,
         "data.data_dir": str(data_dir) if data_dir else None}, set_))
-    train_retrieval(cfg, out)
-    console.print(f"[green]retrieval model trained:[/] {out}")
+    # Under torchrun every rank trains (DDP); only rank 0 writes the run folder.
+    ctx = distributed.init_from_env()
+    try:
+        train_retrieval(cfg, out)
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        console.print(f"[green]retrieval model trained:[/] {out}"
+                      + (f" ({ctx.world_size} processes)" if ctx.enabled else ""))
 
 
 # ------------------------------------------------------------------------------ evaluate/predict

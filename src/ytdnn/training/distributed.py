@@ -14,6 +14,10 @@ into a process group (gloo on CPU, nccl when CUDA is there). The trainer then (s
 * sums the training loss across ranks for the history; validation runs on every rank on the
   same weights (identical results), and only rank 0 writes checkpoints.
 
+The retrieval trainer (:func:`ytdnn.training.retrieval.fit_candidate_model`) follows the same
+recipe: same permutation, near-equal slices of each global batch, DDP, share-weighted loss,
+summed training loss, rank 0 writes.
+
 Multi-node: run the same command on every node with ``--nnodes M --node-rank i
 --rdzv-backend c10d --rdzv-endpoint HOST:PORT`` (see benchmarks/README.md).
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "current", "init_from_env", "is_main_process", "shutdown"]
+__all__ = ["DistributedContext", "current", "global_sum", "init_from_env", "is_main_process", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ def init_from_env(backend: str | None = None) -> DistributedContext:
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return current()
+
+
+def global_sum(value: torch.Tensor) -> float:
+    """``value`` summed over the ranks of the process group (itself for one process)."""
+    if not current().enabled:
+        return float(value)
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return float(total)
 
 
 def is_main_process() -> bool:

@@ -18,6 +18,10 @@ builds one example per training watch (:mod:`ytdnn.features.retrieval`), trains
     RUN_DIR/index/                      after ``build_index``: the item index (keyed by video id) and
                                         index_report.json (recall@100 vs exact, latency)
 
+Under ``torchrun`` (``torchrun --nproc-per-node N -m ytdnn train retrieval ...``) every rank
+builds the same examples, trains on its slice of each global batch in ``DistributedDataParallel``
+(see :func:`fit_candidate_model`) and only rank 0 writes the run folder.
+
 Every file is written atomically; nothing is pickled. :func:`load_retrieval_run` reads a run back,
 :func:`export_user_vectors` writes serving user vectors in bounded-memory shards and
 :func:`build_index` writes the item index into the run folder.
@@ -40,6 +44,8 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from safetensors.torch import save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ytdnn.config import JobConfig
 from ytdnn.data.csv_reader import OnBadRows
@@ -50,6 +56,7 @@ from ytdnn.features.retrieval import RetrievalExamples, RetrievalFeatureConfig, 
 from ytdnn.index import VectorIndex, make_index
 from ytdnn.models.candidate import CandidateGenerator, CandidateModelSpec
 from ytdnn.models.ranking import load_weights, save_weights
+from ytdnn.training import distributed
 from ytdnn.training.retrieval_losses import (
     CandidateSampler,
     FullSoftmaxLoss,
@@ -204,41 +211,82 @@ def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return batch["history"], batch["tokens"], batch["profile"], batch["dense"]
 
 
+class _BatchLoss(nn.Module):
+    """The candidate model and its loss as one module, so that ``DistributedDataParallel`` sees
+    the whole step (user tower *and* the item table the softmax reads) in one ``forward``."""
+
+    def __init__(self, model: CandidateGenerator, loss: FullSoftmaxLoss | SampledSoftmaxLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = loss
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        model = self.model
+        if int(batch["target"].shape[0]) == 0:
+            # A rank without rows in a tiny last batch still joins the gradient all-reduce.
+            return sum((p.sum() * 0.0 for p in model.parameters()), torch.zeros(()))
+        user = model.user_vectors(*_inputs(batch))
+        if isinstance(self.objective, SampledSoftmaxLoss):
+            return self.objective.loss(user, model.item_vectors.weight, model.item_bias, batch["target"],
+                                       generator=generator)
+        return self.objective.loss(user, model.item_vectors.weight, model.item_bias, batch["target"])
+
+
 def fit_candidate_model(model: CandidateGenerator, examples: RetrievalExamples,
                         loss: FullSoftmaxLoss | SampledSoftmaxLoss, training: RetrievalTrainSection,
                         seed: int = 0, log: Any = None) -> list[dict[str, float]]:
-    """Adam over shuffled mini-batches for ``training.epochs`` epochs; returns per-epoch records."""
+    """Adam over shuffled mini-batches for ``training.epochs`` epochs; returns per-epoch records.
+
+    Under a ``torch.distributed`` process group (``torchrun``) of N ranks, as in
+    :mod:`ytdnn.training.distributed`: every rank draws the same permutation (same ``seed``) and
+    rank r takes the r-th of N near-equal slices of each global batch of ``batch_size`` rows; the
+    step runs in ``DistributedDataParallel`` with rank r's mean loss L_r scaled by
+    ``N · b_r / B`` (b_r its rows, B the global batch's), so the averaged gradient is
+    ∇ Σ_r (b_r / B) L_r, the gradient of the global batch's mean loss. The sampled softmax draws
+    its K negatives *per rank* from a generator seeded ``seed + 1 + r`` (deterministic; one process
+    is rank 0), so a global step sees N·K negatives, each rank's rows scored against their own K —
+    an unbiased estimate of the same full softmax, slightly lower variance than one process's.
+    The recorded epoch loss and example count are summed over ranks (global figures).
+    """
     if len(examples) == 0:
         raise RetrievalRunError("no training examples: the training window has no watch of a corpus video")
     if int(examples.target.min()) < 0:
         raise RetrievalRunError("training examples must all have a corpus target (target >= 0)")
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay,
                                  fused=True)  # fused: one kernel for all tables, much less per-step overhead on CPU
-    order_rng = np.random.default_rng(seed)
-    negative_generator = torch.Generator().manual_seed(seed + 1)
+    ctx = distributed.current()
+    order_rng = np.random.default_rng(seed)  # the same on every rank: one permutation per epoch
+    negative_generator = torch.Generator().manual_seed(seed + 1 + ctx.rank)
+    step: nn.Module = _BatchLoss(model, loss)
+    if ctx.enabled:
+        step = DistributedDataParallel(step)
+    n_rows = len(examples)
     records: list[dict[str, float]] = []
     model.train()
     for epoch in range(1, training.epochs + 1):
         started = time.perf_counter()
-        total, rows = 0.0, 0
-        for batch in examples.batches(training.batch_size, shuffle=True, generator=order_rng):
-            user = model.user_vectors(*_inputs(batch))
-            if isinstance(loss, SampledSoftmaxLoss):
-                value = loss.loss(user, model.item_vectors.weight, model.item_bias, batch["target"],
-                                  generator=negative_generator)
-            else:
-                value = loss.loss(user, model.item_vectors.weight, model.item_bias, batch["target"])
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        order = np.arange(n_rows)
+        order_rng.shuffle(order)
+        for start in range(0, n_rows, training.batch_size):
+            rows = order[start:start + training.batch_size]
+            low, high = ctx.share(len(rows))
+            batch = examples.tensors(rows[low:high])
+            value = step(batch, negative_generator)
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            if ctx.enabled:
+                # DDP averages gradients over ranks: weight each rank's mean loss by its share.
+                (value * ((high - low) * ctx.world_size / len(rows))).backward()
+            else:
+                value.backward()
             optimizer.step()
-            n = int(batch["target"].shape[0])
-            total += float(value.detach()) * n
-            rows += n
-        record = {"epoch": epoch, "loss": total / rows, "seconds": time.perf_counter() - started, "examples": rows}
+            loss_sum += value.detach().double() * (high - low)
+        record = {"epoch": epoch, "loss": distributed.global_sum(loss_sum) / n_rows,
+                  "seconds": time.perf_counter() - started, "examples": n_rows}
         if not math.isfinite(record["loss"]):
             raise RetrievalRunError(f"epoch {epoch}: the training loss is not finite ({record['loss']})")
         records.append(record)
-        if log is not None:
+        if log is not None and ctx.is_main:
             log(f"epoch {epoch}: loss {record['loss']:.4f} ({record['seconds']:.1f} s)")
     model.eval()
     return records
@@ -252,7 +300,9 @@ def train_retrieval(config: RetrievalConfig, out_dir: str | Path, *, data: Inter
     ``callable(str)`` for progress lines. Returns the run folder.
     """
     run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.current()
+    if ctx.is_main:  # under torchrun only rank 0 writes; every rank trains
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     data = data if data is not None else config.load_data()
     train, _ = config.split().split(data)
@@ -267,18 +317,22 @@ def train_retrieval(config: RetrievalConfig, out_dir: str | Path, *, data: Inter
         loss = make_retrieval_loss(config.loss, featurizer.item_train_clicks)
         epochs = fit_candidate_model(model, examples, loss, config.train, seed=config.seed, log=log)
 
-    config.save(run_dir / CONFIG_FILE)
-    save_weights(model, run_dir / WEIGHTS_FILE)
-    features = featurizer.to_dict()
-    atomic_write_json(run_dir / ITEM_VOCAB_FILE, {"video_ids": features.pop("video_ids"),
-                                                  "train_watches": features.pop("item_train_clicks")})
-    atomic_write_json(run_dir / MODEL_FILE, {"format": MODEL_FORMAT, "spec": spec.to_dict(), "features": features})
-    write_item_vectors(model, featurizer, run_dir / ITEM_VECTORS_FILE)
-    atomic_write_json(run_dir / HISTORY_FILE, {
-        "epochs": epochs, "n_examples": len(examples), "n_items": featurizer.n_items,
-        "n_users": int(np.unique(examples.user_id).size), "num_threads": threads,
-        "feature_seconds": feature_seconds, "total_seconds": time.perf_counter() - started,
-        "loss": config.loss.kind})
+    if ctx.is_main:
+        config.save(run_dir / CONFIG_FILE)
+        save_weights(model, run_dir / WEIGHTS_FILE)
+        features = featurizer.to_dict()
+        atomic_write_json(run_dir / ITEM_VOCAB_FILE, {"video_ids": features.pop("video_ids"),
+                                                      "train_watches": features.pop("item_train_clicks")})
+        atomic_write_json(run_dir / MODEL_FILE, {"format": MODEL_FORMAT, "spec": spec.to_dict(),
+                                                 "features": features})
+        write_item_vectors(model, featurizer, run_dir / ITEM_VECTORS_FILE)
+        atomic_write_json(run_dir / HISTORY_FILE, {
+            "epochs": epochs, "n_examples": len(examples), "n_items": featurizer.n_items,
+            "n_users": int(np.unique(examples.user_id).size), "num_threads": threads,
+            "world_size": ctx.world_size, "feature_seconds": feature_seconds,
+            "total_seconds": time.perf_counter() - started, "loss": config.loss.kind})
+    if ctx.enabled:
+        torch.distributed.barrier()  # the run folder is complete when any rank returns
     return run_dir
 
 

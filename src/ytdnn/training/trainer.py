@@ -208,13 +208,7 @@ class _Position:
         return cls(**payload)
 
 
-def _global_sum(value: Tensor) -> float:
-    """``value`` summed over the ranks of the process group (itself for one process)."""
-    if not distributed.current().enabled:
-        return float(value)
-    total = value.detach().clone()
-    dist.all_reduce(total)
-    return float(total)
+_global_sum = distributed.global_sum
 
 
 def available_cores() -> int:
