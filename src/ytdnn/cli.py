@@ -299,7 +299,7 @@ def evaluate_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder writ
     else:
         from ytdnn.evaluation.ranker_eval import evaluate_ranker_run, format_ranker_table
 
-        metrics = evaluate_ranker_run(run_dir)
+        metrics = evaluate_ranker_run(run_dir, data_dir=data_dir)
         typer.echo(format_ranker_table(metrics))
 
 
@@ -317,7 +317,7 @@ def predict_cmd(
 
     from ytdnn.utils.io import read_json
 
-    frame = predict_split(run_dir, split=split, out=out)
+    frame = predict_split(run_dir, split=split, out=out, data_dir=data_dir)
     ranking_key = read_json(run_dir / "model.json").get("ranking_key", "expected_watch_s")
     console.print(f"[green]wrote[/] {out} ({frame.height} rows); items are ordered by rank_score (= {ranking_key}); "
                   "expected_watch_s is the served expected watch time")

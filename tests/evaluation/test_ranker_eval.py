@@ -42,3 +42,19 @@ def test_a_model_ranked_by_its_served_value_has_no_by_served_figures() -> None:
     metrics = scored_metrics(TEST, page_ids(TEST), served_only, "expected_watch_s")
     assert metrics["weighted_per_user_loss"] == pytest.approx(0.25)
     assert not any(key.startswith("by_expected_watch_s_") for key in metrics) and "odds_mean_ratio" not in metrics
+
+
+def test_a_data_dir_given_at_evaluation_replaces_the_one_the_run_recorded(tmp_path) -> None:
+    from ytdnn.data.errors import DataError
+    from ytdnn.evaluation.ranker_eval import read_run_config
+    from ytdnn.training.ranker import RankerConfig
+
+    recorded, moved = tmp_path / "recorded", tmp_path / "moved"
+    recorded.mkdir(), moved.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    RankerConfig.load(overrides={"data.data_dir": str(recorded)}).save(run / "config.json")
+    assert read_run_config(run).data.data_dir == str(recorded)
+    assert read_run_config(run, moved).data.data_dir == str(moved)
+    with pytest.raises(DataError, match="does not exist"):
+        read_run_config(run, tmp_path / "nowhere")

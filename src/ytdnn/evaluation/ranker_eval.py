@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from ytdnn.data.schema import InteractionData
+from ytdnn.data.datadir import resolve_data_dir
 from ytdnn.data.sources import load_dataset
 from ytdnn.data.split import DateSplit
 from ytdnn.evaluation.metrics import ranking_metrics
@@ -51,11 +52,16 @@ CITATION = ("Data: KuaiRand (Chongming Gao et al., \"KuaiRand: An Unbiased Seque
 PREDICTION_COLUMNS = ["user_id", "video_id", "time_ms", "date", "hourmin"]
 
 
-def read_run_config(run_dir: str | Path) -> RankerConfig:
+def read_run_config(run_dir: str | Path, data_dir: str | Path | None = None) -> RankerConfig:
+    """The run's resolved config; ``data_dir`` (the data moved, or another copy) replaces the one it
+    recorded."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RankerError(f"{run_dir}: not a ranker run folder (no {CONFIG_FILE})")
-    return RankerConfig.read(path)
+    config = RankerConfig.read(path)
+    if data_dir is not None:
+        config = config.merged({"data.data_dir": str(resolve_data_dir(data_dir))})
+    return config
 
 
 def split_frames(config: RankerConfig, ranker: LoadedRanker,
@@ -129,10 +135,11 @@ def scored_metrics(test: pl.DataFrame, pages: np.ndarray, scores: dict[str, np.n
     return out
 
 
-def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = None) -> dict[str, Any]:
+def evaluate_ranker_run(run_dir: str | Path, *, data: InteractionData | None = None,
+                        data_dir: str | Path | None = None) -> dict[str, Any]:
     """Score the test days with the run's ranker and baselines; write metrics.json, report.md and the plot."""
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    config = read_run_config(run_dir, data_dir)
     ranker = load_ranker(run_dir)
     data, train, test = split_frames(config, ranker, data)
     pages = page_ids(test)
@@ -296,7 +303,7 @@ def format_ranker_table(metrics: dict[str, Any]) -> str:
 
 
 def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
-                  data: InteractionData | None = None) -> pl.DataFrame:
+                  data: InteractionData | None = None, data_dir: str | Path | None = None) -> pl.DataFrame:
     """One row per impression of ``split`` (test | train | all), in the log's order, duplicates kept.
 
     Columns: the impression keys, ``expected_watch_s`` (the served, calibrated expected watch time),
@@ -308,7 +315,7 @@ def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    config = read_run_config(run_dir, data_dir)
     ranker = load_ranker(run_dir)
     data, train, test = split_frames(config, ranker, data)
     frame = {"test": test, "train": train, "all": pl.concat([train, test])}[split].sort("row_id")
