@@ -126,3 +126,31 @@ def test_real_window_facts(kuairand) -> None:
     assert int(train["date"].max()) == 20220504 and int(test["date"].min()) == 20220505
     assert train.height + test.height == imp.height
     assert test["row_id"].is_sorted()
+
+
+def test_a_repeated_user_or_video_id_names_the_file_and_both_lines(tmp_path: Path) -> None:
+    users_root = make_tree(tmp_path / "u", GOOD_ROWS)
+    users = users_root / "KuaiRand-Pure" / "data" / "user_features_pure.csv"
+    users.write_text(users.read_text() + "1,low_active,9\n")  # line 4 repeats line 2's user 1
+    with pytest.raises(DataError, match=r"user_features_pure.csv, line 4, column 'user_id': user_id 1 repeats line 2"):
+        read_kuairand(users_root)
+    videos_root = make_tree(tmp_path / "v", GOOD_ROWS)
+    videos = videos_root / "KuaiRand-Pure" / "data" / "video_features_basic_pure.csv"
+    lines = videos.read_text().splitlines()
+    videos.write_text("\n".join([*lines, lines[2]]) + "\n")  # video 11 again, on line 4
+    with pytest.raises(DataError, match=r"video_features_basic_pure.csv, line 4, column 'video_id': video_id 11 "
+                                        r"repeats line 3"):
+        read_kuairand(videos_root)
+
+
+def test_a_stray_non_number_in_a_count_column_is_reported_not_silently_dropped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tree(tmp_path, GOOD_ROWS)
+    users = root / "KuaiRand-Pure" / "data" / "user_features_pure.csv"
+    rows = "".join(f"{u},full_active,{u % 7}\n" for u in range(3, 203))
+    users.write_text(users.read_text().replace("2,high_active,7\n", "2,high_active,lots\n") + rows)
+    with caplog.at_level("WARNING", logger="ytdnn.data.kuairand"):
+        data = read_kuairand(root)
+    assert "follow_user_num__num" not in data.users.columns  # not a number column any more ...
+    assert "line 3, column 'follow_user_num': 'lots' is not a number" in caplog.text  # ... and it says so
+    assert "1 such rows" in caplog.text

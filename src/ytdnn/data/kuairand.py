@@ -10,6 +10,8 @@ Mapping to the schema: T = ``play_time_ms`` / 1000 on clicked rows, 0 on unclick
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import polars as pl
@@ -50,6 +52,8 @@ VIDEO_RULES: dict[str, ColumnRule] = {
 }
 
 
+log = logging.getLogger(__name__)
+
 def find_kuairand_root(data_dir: str | Path) -> Path:
     """Return the ``KuaiRand-Pure`` folder under ``data_dir`` (or ``data_dir`` itself)."""
     data_dir = Path(data_dir)
@@ -87,23 +91,44 @@ def read_log(paths: list[Path], *, on_bad_rows: OnBadRows = "error",
     return conform_impressions(log, source=str(paths[0].parent))
 
 
+def _check_unique_ids(frame: pl.DataFrame, id_column: str, path: Path, what: str) -> None:
+    """One row per id: a repeated id is an error naming both lines (the frame still has ``_line``)."""
+    repeated = frame.filter(pl.col(id_column).is_duplicated())
+    if repeated.height:
+        first_id = repeated[id_column][0]
+        lines = repeated.filter(pl.col(id_column) == first_id)["_line"].sort().to_list()
+        raise DataError(f"{id_column} {first_id} repeats line {lines[0]}; expected one row per {what}",
+                        path=path, line=int(lines[1]), column=id_column)
+
+
 def read_users(path: Path, *, on_bad_rows: OnBadRows = "error", report: BadRowReport | None = None) -> pl.DataFrame:
-    users = read_validated_csv(path, USER_RULES, on_bad_rows=on_bad_rows, report=report).drop("_line")
+    users = read_validated_csv(path, USER_RULES, on_bad_rows=on_bad_rows, report=report)
+    _check_unique_ids(users, "user_id", path, "user")
+    lines = users["_line"]
+    users = users.drop("_line")
     numeric_like = [c for c in users.columns if c != "user_id"]
     # Profile columns stay strings (categoricals: odd raw values such as -124 are categories);
     # count columns are also offered as numbers for features that want them.
     casts = []
     for column in numeric_like:
         as_float = users[column].str.strip_chars().cast(pl.Float64, strict=False)
-        if as_float.null_count() == users[column].null_count():
+        unparsed = as_float.is_null() & users[column].is_not_null()
+        if not unparsed.any():
             casts.append(as_float.alias(f"{column}__num"))
+        elif unparsed.mean() < 0.01:
+            # A numeric column with a stray value: say so rather than drop the number silently.
+            at = int(unparsed.arg_max())
+            log.warning("%s, line %d, column '%s': %r is not a number; the column is used as a category "
+                        "only (%d such rows)", path, lines[at], column, users[column][at], int(unparsed.sum()))
     return users.with_columns(casts)
 
 
 def read_videos(root: Path, *, on_bad_rows: OnBadRows = "error", report: BadRowReport | None = None) -> pl.DataFrame:
     data = root / "data"
     basic_path = data / "video_features_basic_pure.csv"
-    videos = read_validated_csv(basic_path, VIDEO_RULES, on_bad_rows=on_bad_rows, report=report).drop("_line")
+    videos = read_validated_csv(basic_path, VIDEO_RULES, on_bad_rows=on_bad_rows, report=report)
+    _check_unique_ids(videos, "video_id", basic_path, "video")
+    videos = videos.drop("_line")
     videos = videos.with_columns(
         pl.col("tag").fill_null("").str.split(",").list.eval(
             pl.element().str.strip_chars().cast(pl.Int64, strict=False).drop_nulls()).alias("tags"),
