@@ -90,3 +90,13 @@ def test_cli_reports_bad_data_row_with_file_line_column(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     skipped = CliRunner().invoke(app, ["data", "info", "--data-dir", str(tmp_path), "--on-bad-rows", "skip"])
     assert skipped.exit_code == 0 and '"skipped_rows": 1' in skipped.output
+
+
+def test_cli_predict_refuses_a_run_that_is_not_a_ranker_run(tmp_path: Path) -> None:
+    run = tmp_path / "retrieval-run"
+    run.mkdir()
+    (run / "config.json").write_text('{"job": "RetrievalConfig", "config": {}}')
+    result = CliRunner().invoke(app, ["predict", str(run), "--out", str(tmp_path / "p.parquet")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "a RetrievalConfig run; `ytdnn predict` scores ranker runs" in result.output
+    assert not (tmp_path / "p.parquet").exists()

@@ -312,6 +312,10 @@ def predict_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score impressions: one row per impression, in the log's order (rank_score orders items)."""
+    kind = _run_kind(run_dir)
+    if kind != "RankerConfig":
+        raise ValueError(f"{run_dir}: a {kind or 'non-ranker'} run; `ytdnn predict` scores ranker runs "
+                         "(written by `ytdnn train ranker`)")
     _use_data_dir(data_dir)
     from ytdnn.evaluation.ranker_eval import predict_split
 
