@@ -23,6 +23,19 @@ from ytdnn.training.retrieval import load_retrieval_run
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+def _one_process_and_two_ranks(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """Run ``ytdnn ARGS`` in one process and under ``torchrun`` with 2 ranks; their run folders."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    subprocess.run([sys.executable, "-m", "ytdnn", *args, "--out", str(single)], check=True, env=env,
+                   capture_output=True, timeout=120)
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "ytdnn", *args,
+                           "--out", str(multi)], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(2 processes)" in " ".join(done.stdout.split() + done.stderr.split())  # rich wraps lines
+    return single, multi
+
+
 def test_share_splits_a_global_batch_into_near_equal_slices() -> None:
     # 10 rows over 3 ranks: 4 + 3 + 3; 1 row over 2 ranks: 1 + 0.
     assert [DistributedContext(r, 3).share(10) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
@@ -48,14 +61,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     args = ["train", "ranker", "--dataset", str(dataset), "--set", "model.hidden=[16]", "--set", "train.epochs=2",
             "--set", "train.batch_size=256", "--set", "train.progress=false", "--set", "train.patience=0",
             "--set", "baselines.click=false", "--set", "data.train_end=20220503", "--set", "data.test_start=20220504"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, "-m", "ytdnn", *args, "--out", str(single)], check=True, env=env,
-                   capture_output=True, timeout=120)
-    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "ytdnn", *args,
-                           "--out", str(multi)], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "(2 processes)" in " ".join(done.stderr.split())  # rich wraps lines
+    single, multi = _one_process_and_two_ranks(args, tmp_path)
 
     one, two = (json.loads((d / "training.json").read_text()) for d in (single, multi))
     assert two["examples_seen"] == one["examples_seen"] == 2 * one["n_train"]  # each row once per epoch, globally
@@ -92,14 +98,7 @@ def test_torchrun_two_processes_train_retrieval_like_one_process(retrieval_log, 
     args = ["train", "retrieval", "--dataset", str(dataset), "--epochs", "3", "--set", "train.batch_size=256",
             "--set", "model.hidden_dims=[32]", "--set", "model.output_dim=16", "--set", "model.watch_embedding_dim=16",
             "--set", f"loss.kind={kind}", "--set", "loss.num_negatives=64"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, "-m", "ytdnn", *args, "--out", str(single)], check=True, env=env,
-                   capture_output=True, timeout=120)
-    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "ytdnn", *args,
-                           "--out", str(multi)], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "(2 processes)" in " ".join(done.stdout.split() + done.stderr.split())  # rich wraps lines
+    single, multi = _one_process_and_two_ranks(args, tmp_path)
 
     one, two = (json.loads((d / "training_history.json").read_text()) for d in (single, multi))
     assert (one["world_size"], two["world_size"]) == (1, 2)
