@@ -38,3 +38,25 @@ def test_save_and_read_roundtrip(tmp_path: Path) -> None:
     job = Job.load(overrides={"section.lr": 0.25})
     job.save(tmp_path / "config.json")
     assert Job.read(tmp_path / "config.json") == job
+
+
+def test_a_whole_config_check_reads_without_an_empty_field_path() -> None:
+    from pydantic import model_validator
+
+    from ytdnn.config import ConfigError, JobConfig
+
+    class Window(JobConfig):
+        start: int = 0
+        end: int = 1
+
+        @model_validator(mode="after")
+        def _ordered(self) -> "Window":
+            if self.end <= self.start:
+                raise ValueError("end must come after start")
+            return self
+
+    with pytest.raises(ConfigError) as caught:
+        Window.load(overrides=["start=5"])
+    assert str(caught.value) == "overrides: end must come after start"
+    with pytest.raises(ConfigError, match=r"^overrides: start: Input should be a valid integer"):
+        Window.load(overrides=["start=soon"])

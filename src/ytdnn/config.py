@@ -50,6 +50,13 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _describe(error: Any) -> str:
+    """One validation problem as 'field.path: message' (no path for a whole-config check)."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {message}" if where else message
+
+
 class JobConfig(BaseModel):
     """Base of every job config: strict about unknown keys so typos fail loudly."""
 
@@ -85,7 +92,7 @@ class JobConfig(BaseModel):
         try:
             return cls.model_validate(tree)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+            problems = "; ".join(_describe(err) for err in exc.errors())
             raise ConfigError(f"{source}: {problems}") from exc
 
     def merged(self, overrides: dict[str, Any]) -> Self:
