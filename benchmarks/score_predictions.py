@@ -22,11 +22,9 @@ import numpy as np
 import polars as pl
 
 from ytdnn.data.sources import load_dataset
-from ytdnn.evaluation.metrics import gauc, weighted_per_user_loss, xauc
-from ytdnn.training.ranker import page_ids
-
-KEYS = ["user_id", "video_id", "time_ms", "date", "hourmin"]
-
+from ytdnn.evaluation.metrics import ranking_metrics
+from ytdnn.evaluation.ranker_eval import label_predictions
+from ytdnn.training.ranker import RankerError, page_ids
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,29 +34,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="append a JSON line here")
     args = parser.parse_args()
     predictions = pl.read_parquet(args.predictions)
-    dates = predictions["date"]
-    log = load_dataset("kuairand-pure").impressions
-    log = log.filter(pl.col("date").is_between(dates.min(), dates.max())).sort("row_id")
-    if log.height != predictions.height or not log.select(KEYS).cast(predictions.select(KEYS).schema).equals(
-            predictions.select(KEYS)):
-        raise SystemExit(f"{args.predictions}: rows do not match the log's rows for dates "
-                         f"{dates.min()}..{dates.max()} ({predictions.height} vs {log.height})")
-    frame = predictions.with_columns(log["is_click"], log["watch_time_s"])
+    try:
+        frame = label_predictions(predictions, load_dataset("kuairand-pure").impressions,
+                                  source=str(args.predictions))
+    except RankerError as exc:
+        raise SystemExit(str(exc)) from None
     if args.max_date is not None:
         frame = frame.filter(pl.col("date") <= args.max_date)
     watch = frame["watch_time_s"].to_numpy()
     is_click = frame["is_click"].to_numpy()
-    clicked = is_click.astype(bool)
-    pages = page_ids(frame)
+    pages, users = page_ids(frame), frame["user_id"].to_numpy()
     result = {"name": args.name or str(args.predictions), "rows": frame.height,
               "dates": [int(frame["date"].min()), int(frame["date"].max())]}
     for column in ("expected_watch_s", "odds", "p_click"):
         if column not in frame.columns:
             continue
         score = frame[column].to_numpy().astype(np.float64)
-        result[column] = {"wpu": weighted_per_user_loss(pages, is_click, watch, score), "xauc": xauc(watch, score),
-                          "xauc_clicked": xauc(watch[clicked], score[clicked]),
-                          "gauc": gauc(frame["user_id"].to_numpy(), is_click, score),
+        metrics = ranking_metrics(pages, users, is_click, watch, score)
+        result[column] = {"wpu": metrics["weighted_per_user_loss"], "xauc": metrics["xauc"],
+                          "xauc_clicked": metrics["xauc_clicked"], "gauc": metrics["gauc"],
                           "mean_ratio": float(score.mean() / watch.mean())}
     line = json.dumps(result)
     print(line)

@@ -23,18 +23,17 @@ import numpy as np
 import polars as pl
 
 from ytdnn.data.sources import load_dataset
-from ytdnn.data.split import DateSplit
 from ytdnn.evaluation.metrics import calibration, ranking_metrics
-from ytdnn.evaluation.ranker_eval import read_run_config
-from ytdnn.training.ranker import page_ids
+from ytdnn.evaluation.ranker_eval import label_predictions, read_run_config
+from ytdnn.training.ranker import RankerError, page_ids
 
 
-def _labelled(run: Path, test: pl.DataFrame) -> pl.DataFrame:
-    pred = pl.read_parquet(run / "pred.parquet")
-    keys = ["user_id", "video_id", "time_ms"]
-    if pred.height != test.height or not pred.select(keys).equals(test.select(keys)):
-        raise SystemExit(f"{run / 'pred.parquet'}: rows do not match the test impressions of the run's split")
-    return pred.with_columns(test["is_click"], test["watch_time_s"])
+def _labelled(run: Path, impressions: pl.DataFrame) -> pl.DataFrame:
+    path = run / "pred.parquet"
+    try:
+        return label_predictions(pl.read_parquet(path), impressions, source=str(path))
+    except RankerError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def measure(frame: pl.DataFrame) -> dict[str, float]:
@@ -51,15 +50,13 @@ def measure(frame: pl.DataFrame) -> dict[str, float]:
 
 def main(pairs: list[str]) -> None:
     rows = []
-    test = None
+    impressions = None
     for pair in pairs:
         default_run, wlr_run = (Path(p) for p in pair.split(":"))
-        if test is None:
+        if impressions is None:
             config = read_run_config(default_run)
-            data = load_dataset(config.data.dataset, config.data.data_dir)
-            split = DateSplit(train_end=config.data.train_end, test_start=config.data.test_start)
-            test = data.impressions.filter(split.test_mask()).sort("row_id")
-        d, w = measure(_labelled(default_run, test)), measure(_labelled(wlr_run, test))
+            impressions = load_dataset(config.data.dataset, config.data.data_dir).impressions
+        d, w = measure(_labelled(default_run, impressions)), measure(_labelled(wlr_run, impressions))
         rows.append((default_run.name, d, w))
         print(f"{default_run.name}: mean ratio {d['mean_ratio']:.4f}, rel. cal. err {d['rel_cal_err']:.4f}, "
               f"wpu {d['wpu']:.4f} (WLR {w['wpu']:.4f}, gap {d['wpu'] - w['wpu']:+.4f}), XAUC {d['xauc']:.4f} "

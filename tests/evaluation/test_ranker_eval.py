@@ -58,3 +58,19 @@ def test_a_data_dir_given_at_evaluation_replaces_the_one_the_run_recorded(tmp_pa
     assert read_run_config(run, moved).data.data_dir == str(moved)
     with pytest.raises(DataError, match="does not exist"):
         read_run_config(run, tmp_path / "nowhere")
+
+
+def test_label_predictions_attaches_the_logs_labels_row_for_row_and_refuses_other_rows() -> None:
+    from ytdnn.evaluation.ranker_eval import label_predictions
+    from ytdnn.training.ranker import RankerError
+
+    # The log out of row order, one day before the predicted ones, and a duplicated impression.
+    log = pl.DataFrame({"row_id": [3, 0, 2, 1], "user_id": [1, 9, 1, 1], "video_id": [5, 4, 5, 6],
+                        "time_ms": [20, 0, 20, 10], "date": [20220505, 20220504, 20220505, 20220505],
+                        "hourmin": [100, 0, 0, 0], "is_click": [0, 1, 1, 1], "watch_time_s": [0.0, 9.0, 3.5, 2.0]})
+    predictions = pl.DataFrame({"user_id": [1, 1, 1], "video_id": [6, 5, 5], "time_ms": [10, 20, 20],
+                                "date": [20220505] * 3, "hourmin": [0, 0, 100], "expected_watch_s": [1.0, 2.0, 3.0]})
+    labelled = label_predictions(predictions, log)
+    assert labelled["is_click"].to_list() == [1, 1, 0] and labelled["watch_time_s"].to_list() == [2.0, 3.5, 0.0]
+    with pytest.raises(RankerError, match=r"p.parquet: rows do not match the log's rows for dates 20220505"):
+        label_predictions(predictions.reverse(), log, source="p.parquet")

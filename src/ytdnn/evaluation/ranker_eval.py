@@ -302,6 +302,27 @@ def format_ranker_table(metrics: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+PREDICTION_KEYS = ["user_id", "video_id", "time_ms", "date", "hourmin"]
+"""The impression keys a ``predict`` file carries, row by row in the log's order."""
+
+
+def label_predictions(predictions: pl.DataFrame, impressions: pl.DataFrame, *, source: str = "predictions"
+                      ) -> pl.DataFrame:
+    """``predictions`` (a ``predict`` file) with ``is_click`` and ``watch_time_s`` from the log.
+
+    ``predict`` writes one row per impression of its dates in the log's order, duplicates kept, so
+    the labels are the log's rows of the same dates in ``row_id`` order; the impression keys must
+    match row for row (else a :class:`RankerError` naming ``source``)."""
+    dates = predictions["date"]
+    log = impressions.filter(pl.col("date").is_between(dates.min(), dates.max())).sort("row_id")
+    keys = [key for key in PREDICTION_KEYS if key in predictions.columns]
+    if log.height != predictions.height or not log.select(keys).cast(predictions.select(keys).schema).equals(
+            predictions.select(keys)):
+        raise RankerError(f"{source}: rows do not match the log's rows for dates {dates.min()}..{dates.max()} "
+                          f"({predictions.height} vs {log.height}); expected a `ytdnn predict` file of this log")
+    return predictions.with_columns(log["is_click"], log["watch_time_s"])
+
+
 def predict_split(run_dir: str | Path, *, split: str = "test", out: str | Path,
                   data: InteractionData | None = None, data_dir: str | Path | None = None) -> pl.DataFrame:
     """One row per impression of ``split`` (test | train | all), in the log's order, duplicates kept.
